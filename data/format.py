@@ -1,0 +1,475 @@
+"""The Parquet patch format: the one place that names its columns, dtypes and metadata keys.
+
+A dataset is a folder with ``train.parquet``, ``val.parquet`` and ``test.parquet``. Each file holds one row per
+patch (``patch_id`` string, ``label`` string, ``pixels`` as ``fixed_size_list<float32>[C*H*W]`` in band, row,
+column order) and a file-metadata key ``patches`` with JSON describing bands, height, width and classes. Plain
+``pyarrow`` or ``pandas`` read it; :func:`read_split` and :func:`read_dataset` read *and validate* it, raising
+:class:`PatchFormatError` with one line naming the file (and row) and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+PATCH_ID = "patch_id"
+LABEL = "label"
+PIXELS = "pixels"
+METADATA_KEY = "patches"
+SPLITS = ("train", "val", "test")
+PARQUET_SUFFIX = ".parquet"
+PIXEL_DTYPE = np.float32
+
+# Fractions carved from a single unsplit file (train, val, test), stratified by class.
+DEFAULT_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+DEFAULT_SPLIT_SEED = 0
+
+
+class PatchFormatError(ValueError):
+    """A dataset file or folder does not follow the patch format; the message names where and what."""
+
+
+@dataclass(frozen=True)
+class PatchMetadata:
+    """What a dataset's pixels mean: band names, patch size and class names (in index order).
+
+    Attributes:
+        bands: Band names, one per channel, in channel order.
+        height: Patch height in pixels.
+        width: Patch width in pixels.
+        classes: Class names; a label's index in this tuple is its integer class.
+        units: Optional unit per band (for example ``"DN"`` or ``"dB"``).
+        nodata: Optional value that marks missing pixels in the source imagery.
+    """
+
+    bands: tuple[str, ...]
+    height: int
+    width: int
+    classes: tuple[str, ...]
+    units: tuple[str, ...] | None = None
+    nodata: float | None = None
+
+    @property
+    def num_bands(self) -> int:
+        """Number of channels C."""
+        return len(self.bands)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    @property
+    def values_per_patch(self) -> int:
+        """Length of one ``pixels`` list: C * H * W."""
+        return self.num_bands * self.height * self.width
+
+    def to_json(self) -> str:
+        """Serialise to the JSON stored under the ``patches`` file-metadata key."""
+        body: dict = {
+            "bands": list(self.bands),
+            "height": self.height,
+            "width": self.width,
+            "classes": list(self.classes),
+        }
+        if self.units is not None:
+            body["units"] = list(self.units)
+        if self.nodata is not None:
+            body["nodata"] = self.nodata
+        return json.dumps(body, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str = "metadata") -> PatchMetadata:
+        """Parse and validate the ``patches`` metadata JSON.
+
+        Args:
+            text: The JSON text.
+            where: Name of the file it came from, used in error messages.
+
+        Raises:
+            PatchFormatError: The JSON is malformed or describes an impossible dataset.
+        """
+        try:
+            body = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise PatchFormatError(f"{where}: metadata key '{METADATA_KEY}' is not valid JSON ({err})") from None
+        if not isinstance(body, dict):
+            raise PatchFormatError(f"{where}: metadata key '{METADATA_KEY}' must be a JSON object")
+        missing = [key for key in ("bands", "height", "width", "classes") if key not in body]
+        if missing:
+            raise PatchFormatError(f"{where}: metadata '{METADATA_KEY}' lacks {', '.join(missing)}")
+        bands, classes = body["bands"], body["classes"]
+        for name, values in (("bands", bands), ("classes", classes)):
+            if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
+                raise PatchFormatError(f"{where}: metadata '{name}' must be a non-empty list of names")
+            if len(set(values)) != len(values):
+                raise PatchFormatError(f"{where}: metadata '{name}' has duplicate names")
+        for name in ("height", "width"):
+            value = body[name]
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise PatchFormatError(f"{where}: metadata '{name}' must be a positive integer, got {value!r}")
+        units = body.get("units")
+        if units is not None and (not isinstance(units, list) or len(units) != len(bands)):
+            raise PatchFormatError(f"{where}: metadata 'units' must list one unit per band ({len(bands)})")
+        nodata = body.get("nodata")
+        if nodata is not None and not isinstance(nodata, (int, float)):
+            raise PatchFormatError(f"{where}: metadata 'nodata' must be a number, got {nodata!r}")
+        return cls(
+            bands=tuple(bands),
+            height=body["height"],
+            width=body["width"],
+            classes=tuple(classes),
+            units=tuple(units) if units is not None else None,
+            nodata=float(nodata) if nodata is not None else None,
+        )
+
+
+@dataclass
+class PatchSplit:
+    """One split held in memory.
+
+    Attributes:
+        patch_ids: Unique patch identifiers, shape (N,).
+        pixels: Pixel values, shape (N, C, H, W), float32.
+        labels: Integer class indices, shape (N,), or None for unlabelled data.
+    """
+
+    patch_ids: np.ndarray
+    pixels: np.ndarray
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.patch_ids)
+
+    def take(self, indices: np.ndarray) -> PatchSplit:
+        """Return the rows at ``indices`` as a new split."""
+        return PatchSplit(
+            patch_ids=self.patch_ids[indices],
+            pixels=self.pixels[indices],
+            labels=None if self.labels is None else self.labels[indices],
+        )
+
+
+@dataclass
+class PatchDataset:
+    """A whole dataset: its metadata and its train, val and test splits."""
+
+    metadata: PatchMetadata
+    splits: dict[str, PatchSplit] = field(default_factory=dict)
+
+    @property
+    def train(self) -> PatchSplit:
+        """The training split."""
+        return self.splits["train"]
+
+    @property
+    def val(self) -> PatchSplit:
+        """The validation split."""
+        return self.splits["val"]
+
+    @property
+    def test(self) -> PatchSplit:
+        """The test split."""
+        return self.splits["test"]
+
+
+def to_table(split: PatchSplit, metadata: PatchMetadata) -> pa.Table:
+    """Build the Arrow table of a split, with the ``patches`` metadata attached.
+
+    Raises:
+        PatchFormatError: The arrays disagree with each other or with the metadata.
+    """
+    pixels = np.asarray(split.pixels)
+    expected = (metadata.num_bands, metadata.height, metadata.width)
+    if pixels.ndim != 4 or pixels.shape[1:] != expected:
+        raise PatchFormatError(f"pixels have shape {pixels.shape}, metadata says (N, {', '.join(map(str, expected))})")
+    n = pixels.shape[0]
+    if len(split.patch_ids) != n or (split.labels is not None and len(split.labels) != n):
+        raise PatchFormatError(f"patch_ids, labels and pixels disagree in length ({n} patches)")
+    values = pa.array(np.ascontiguousarray(pixels, dtype=PIXEL_DTYPE).reshape(-1), type=pa.float32())
+    columns = {
+        PATCH_ID: pa.array([str(i) for i in split.patch_ids], type=pa.string()),
+        PIXELS: pa.FixedSizeListArray.from_arrays(values, metadata.values_per_patch),
+    }
+    if split.labels is not None:
+        classes = np.asarray(metadata.classes, dtype=object)
+        columns[LABEL] = pa.array(classes[np.asarray(split.labels, dtype=np.int64)].tolist(), type=pa.string())
+    table = pa.table({name: columns[name] for name in (PATCH_ID, LABEL, PIXELS) if name in columns})
+    return table.replace_schema_metadata({METADATA_KEY: metadata.to_json()})
+
+
+def write_split(path: str | os.PathLike, split: PatchSplit, metadata: PatchMetadata) -> None:
+    """Write one split to a Parquet file atomically (temporary name in the same folder, then rename)."""
+    path = Path(path)
+    table = to_table(split, metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_dataset(folder: str | os.PathLike, dataset: PatchDataset, *, overwrite: bool = False) -> None:
+    """Write a dataset folder atomically: all splits go to a temporary sibling folder that is then renamed.
+
+    Raises:
+        FileExistsError: ``folder`` exists and ``overwrite`` is false.
+    """
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{folder}: already exists; choose another folder or pass overwrite")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        for name, split in dataset.splits.items():
+            write_split(tmp / f"{name}{PARQUET_SUFFIX}", split, dataset.metadata)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_metadata(path: str | os.PathLike) -> PatchMetadata:
+    """Read and validate only the ``patches`` metadata of a Parquet file."""
+    path = Path(path)
+    schema = _read_schema(path)
+    return _metadata_of(schema, path)
+
+
+def _read_schema(path: Path) -> pa.Schema:
+    if not path.is_file():
+        raise PatchFormatError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise PatchFormatError(f"{path}: file is empty (0 bytes), not a Parquet file")
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise _corrupt(path, err) from None
+
+
+def _metadata_of(schema: pa.Schema, path: Path) -> PatchMetadata:
+    raw = (schema.metadata or {}).get(METADATA_KEY.encode())
+    if raw is None:
+        raise PatchFormatError(f"{path}: file metadata lacks the '{METADATA_KEY}' key (bands, height, width, classes)")
+    return PatchMetadata.from_json(raw, where=str(path))
+
+
+def _corrupt(path: Path, err: BaseException) -> PatchFormatError:
+    return PatchFormatError(f"{path}: not a readable Parquet file, truncated or corrupt ({_one_line(err)})")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:200]
+
+
+def read_split(path: str | os.PathLike, *, require_labels: bool = True) -> tuple[PatchSplit, PatchMetadata]:
+    """Read and validate one Parquet file of patches.
+
+    Args:
+        path: The Parquet file.
+        require_labels: Whether a missing ``label`` column is an error (false for prediction input).
+
+    Returns:
+        The split (labels as class indices, or None when the file has no labels) and its metadata.
+
+    Raises:
+        PatchFormatError: Anything about the file is wrong; the message names the file and, where it applies,
+            the first offending row.
+    """
+    path = Path(path)
+    schema = _read_schema(path)
+    metadata = _metadata_of(schema, path)
+    required = [PATCH_ID, PIXELS] + ([LABEL] if require_labels else [])
+    missing = [name for name in required if name not in schema.names]
+    if missing:
+        raise PatchFormatError(f"{path}: missing column {', '.join(repr(m) for m in missing)}; found {schema.names}")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise _corrupt(path, err) from None
+    if table.num_rows == 0:
+        raise PatchFormatError(f"{path}: file has no rows")
+
+    ids = _read_ids(table, path)
+    pixels = _read_pixels(table, path, metadata)
+    labels = _read_labels(table, path, metadata) if LABEL in table.column_names else None
+    return PatchSplit(patch_ids=ids, pixels=pixels, labels=labels), metadata
+
+
+def _first_true(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _read_ids(table: pa.Table, path: Path) -> np.ndarray:
+    column = table.column(PATCH_ID)
+    if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+        raise PatchFormatError(f"{path}: column '{PATCH_ID}' must be strings, found {column.type}")
+    ids = np.asarray(column.to_pylist(), dtype=object)
+    nulls = np.asarray([i is None or i == "" for i in ids])
+    if nulls.any():
+        raise PatchFormatError(f"{path}: row {_first_true(nulls)}: '{PATCH_ID}' is empty")
+    _, first, counts = np.unique(ids.astype(str), return_index=True, return_counts=True)
+    if (counts > 1).any():
+        dup = ids[first[counts > 1][0]]
+        rows = np.flatnonzero(ids == dup)[:2].tolist()
+        raise PatchFormatError(f"{path}: row {rows[1]}: duplicate {PATCH_ID} {dup!r} (first seen in row {rows[0]})")
+    return ids
+
+
+def _read_pixels(table: pa.Table, path: Path, metadata: PatchMetadata) -> np.ndarray:
+    column = table.column(PIXELS).combine_chunks()
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
+        raise PatchFormatError(f"{path}: column '{PIXELS}' must be a list of floats, found {kind}")
+    if not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
+        raise PatchFormatError(f"{path}: column '{PIXELS}' must hold numbers, found {kind}")
+    if column.null_count:
+        row = _first_true(column.is_null().to_numpy(zero_copy_only=False))
+        raise PatchFormatError(f"{path}: row {row}: '{PIXELS}' is null")
+    expected = metadata.values_per_patch
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    wrong = lengths != expected
+    if wrong.any():
+        row = _first_true(wrong)
+        raise PatchFormatError(
+            f"{path}: row {row}: '{PIXELS}' has {lengths[row]} values, expected {expected} "
+            f"({metadata.num_bands} bands x {metadata.height} x {metadata.width})"
+        )
+    flat = column.flatten()
+    if flat.null_count:
+        row = _first_true(flat.is_null().to_numpy(zero_copy_only=False)) // expected
+        raise PatchFormatError(f"{path}: row {row}: '{PIXELS}' holds a null value")
+    values = flat.to_numpy(zero_copy_only=False).astype(PIXEL_DTYPE, copy=False)
+    pixels = values.reshape(len(table), metadata.num_bands, metadata.height, metadata.width)
+    finite = np.isfinite(pixels).reshape(len(table), -1).all(axis=1)
+    if not finite.all():
+        row = _first_true(~finite)
+        raise PatchFormatError(f"{path}: row {row}: '{PIXELS}' holds a non-finite value (NaN or inf)")
+    return np.ascontiguousarray(pixels)
+
+
+def _read_labels(table: pa.Table, path: Path, metadata: PatchMetadata) -> np.ndarray:
+    column = table.column(LABEL)
+    if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+        raise PatchFormatError(f"{path}: column '{LABEL}' must be class-name strings, found {column.type}")
+    names = column.to_pylist()
+    index = {name: i for i, name in enumerate(metadata.classes)}
+    labels = np.empty(len(names), dtype=np.int64)
+    for row, name in enumerate(names):
+        if name not in index:
+            known = ", ".join(metadata.classes)
+            raise PatchFormatError(f"{path}: row {row}: unknown label {name!r}; classes are {known}")
+        labels[row] = index[name]
+    return labels
+
+
+def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Partition row indices into parts of the given fractions, class by class, with a fixed seed.
+
+    Args:
+        labels: Integer class of each row.
+        fractions: Share of each part; they must sum to 1.
+        seed: Seed of the shuffle, so the same input always gives the same parts.
+
+    Returns:
+        One sorted index array per fraction.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must sum to 1, got {list(fractions)}")
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    for cls in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == cls))
+        bounds = np.round(np.cumsum(fractions) * len(rows)).astype(int)
+        for part, (start, stop) in enumerate(zip(np.r_[0, bounds[:-1]], bounds, strict=True)):
+            parts[part].append(rows[start:stop])
+    return [np.sort(np.concatenate(p)) if p else np.empty(0, dtype=np.int64) for p in parts]
+
+
+def read_dataset(folder: str | os.PathLike, *, seed: int = DEFAULT_SPLIT_SEED) -> PatchDataset:
+    """Read and validate a dataset folder.
+
+    A folder with ``train.parquet`` (and usually ``val.parquet`` and ``test.parquet``) is read as given; a missing
+    ``val`` or ``test`` split is carved from ``train``. A folder holding a single other Parquet file is split,
+    stratified by class, with ``seed``. Every split must agree on the metadata.
+
+    Raises:
+        PatchFormatError: The folder or any file in it is not a valid dataset.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PatchFormatError(f"{folder}: not a dataset folder (expected train.parquet, val.parquet, test.parquet)")
+    present = {name: folder / f"{name}{PARQUET_SUFFIX}" for name in SPLITS}
+    present = {name: p for name, p in present.items() if p.is_file()}
+    if not present:
+        files = sorted(folder.glob(f"*{PARQUET_SUFFIX}"))
+        if len(files) != 1:
+            raise PatchFormatError(
+                f"{folder}: expected train.parquet/val.parquet/test.parquet or exactly one Parquet file, "
+                f"found {len(files)}"
+            )
+        whole, metadata = read_split(files[0])
+        return _carve(PatchDataset(metadata, {"train": whole}), seed)
+    if "train" not in present:
+        raise PatchFormatError(f"{folder}: has {', '.join(sorted(present))} but no train.parquet")
+    dataset: PatchDataset | None = None
+    for name, path in present.items():
+        split, metadata = read_split(path)
+        if dataset is None:
+            dataset = PatchDataset(metadata, {})
+        elif metadata != dataset.metadata:
+            raise PatchFormatError(
+                f"{path}: metadata disagrees with {present['train'].name} ({_difference(dataset.metadata, metadata)})"
+            )
+        dataset.splits[name] = split
+    assert dataset is not None
+    _check_ids_across_splits(dataset, folder)
+    return _carve(dataset, seed)
+
+
+def _difference(a: PatchMetadata, b: PatchMetadata) -> str:
+    fields = ("bands", "height", "width", "classes", "units", "nodata")
+    return "; ".join(f"{f}: {getattr(a, f)} vs {getattr(b, f)}" for f in fields if getattr(a, f) != getattr(b, f))
+
+
+def _check_ids_across_splits(dataset: PatchDataset, folder: Path) -> None:
+    seen: dict[str, str] = {}
+    for name, split in dataset.splits.items():
+        for pid in split.patch_ids:
+            if pid in seen:
+                raise PatchFormatError(f"{folder}: {PATCH_ID} {pid!r} appears in both {seen[pid]} and {name}")
+            seen[pid] = name
+
+
+def _carve(dataset: PatchDataset, seed: int) -> PatchDataset:
+    """Carve missing val/test splits out of train, stratified, keeping the given ones untouched."""
+    missing = [name for name in ("val", "test") if name not in dataset.splits]
+    if not missing:
+        return dataset
+    train = dataset.splits["train"]
+    train_share, val_share, test_share = DEFAULT_SPLIT_FRACTIONS
+    shares = {"val": val_share, "test": test_share}
+    fractions = [train_share + sum(shares[n] for n in ("val", "test") if n not in missing)]
+    fractions += [shares[n] for n in missing]
+    total = sum(fractions)
+    parts = stratified_split(train.labels, [f / total for f in fractions], seed)
+    dataset.splits["train"] = train.take(parts[0])
+    for name, rows in zip(missing, parts[1:], strict=True):
+        dataset.splits[name] = train.take(rows)
+    return dataset
