@@ -1,0 +1,1 @@
+"""Entry scripts: dataset generation and import, training, population-based tuning and batch inference."""
