@@ -10,6 +10,7 @@ column order) and a file-metadata key ``patches`` with JSON describing bands, he
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -78,14 +79,14 @@ class PatchMetadata:
         """Serialise to the JSON stored under the ``patches`` file-metadata key."""
         body: dict = {
             "bands": list(self.bands),
-            "height": self.height,
-            "width": self.width,
+            "height": int(self.height),
+            "width": int(self.width),
             "classes": list(self.classes),
         }
         if self.units is not None:
             body["units"] = list(self.units)
         if self.nodata is not None:
-            body["nodata"] = self.nodata
+            body["nodata"] = float(self.nodata)
         return json.dumps(body, sort_keys=True)
 
     @classmethod
@@ -119,11 +120,15 @@ class PatchMetadata:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise PatchFormatError(f"{where}: metadata '{name}' must be a positive integer, got {value!r}")
         units = body.get("units")
-        if units is not None and (not isinstance(units, list) or len(units) != len(bands)):
-            raise PatchFormatError(f"{where}: metadata 'units' must list one unit per band ({len(bands)})")
+        if units is not None and (
+            not isinstance(units, list) or len(units) != len(bands) or not all(isinstance(u, str) for u in units)
+        ):
+            raise PatchFormatError(f"{where}: metadata 'units' must list one unit name per band ({len(bands)})")
         nodata = body.get("nodata")
-        if nodata is not None and not isinstance(nodata, (int, float)):
-            raise PatchFormatError(f"{where}: metadata 'nodata' must be a number, got {nodata!r}")
+        if nodata is not None and (
+            not isinstance(nodata, (int, float)) or isinstance(nodata, bool) or not math.isfinite(nodata)
+        ):
+            raise PatchFormatError(f"{where}: metadata 'nodata' must be a finite number, got {nodata!r}")
         return cls(
             bands=tuple(bands),
             height=body["height"],
@@ -186,24 +191,46 @@ class PatchDataset:
 def to_table(split: PatchSplit, metadata: PatchMetadata) -> pa.Table:
     """Build the Arrow table of a split, with the ``patches`` metadata attached.
 
+    Everything the readers would reject is refused here too, so a writer never leaves an unreadable file.
+
     Raises:
-        PatchFormatError: The arrays disagree with each other or with the metadata.
+        PatchFormatError: The arrays disagree with each other or with the metadata, the split is empty, a patch id
+            is empty or repeated, a label is not a class index, or a pixel is not finite.
     """
+    metadata = PatchMetadata.from_json(metadata.to_json(), where="metadata to write")
     pixels = np.asarray(split.pixels)
     expected = (metadata.num_bands, metadata.height, metadata.width)
     if pixels.ndim != 4 or pixels.shape[1:] != expected:
         raise PatchFormatError(f"pixels have shape {pixels.shape}, metadata says (N, {', '.join(map(str, expected))})")
     n = pixels.shape[0]
+    if n == 0:
+        raise PatchFormatError("a split to write has no patches")
     if len(split.patch_ids) != n or (split.labels is not None and len(split.labels) != n):
         raise PatchFormatError(f"patch_ids, labels and pixels disagree in length ({n} patches)")
-    values = pa.array(np.ascontiguousarray(pixels, dtype=PIXEL_DTYPE).reshape(-1), type=pa.float32())
+    ids = np.asarray([str(i) for i in split.patch_ids], dtype=object)
+    _check_ids(ids, "patches to write")
+    if not np.issubdtype(pixels.dtype, np.number) or np.issubdtype(pixels.dtype, np.complexfloating):
+        raise PatchFormatError(f"pixels must be real numbers, got dtype {pixels.dtype}")
+    values = np.ascontiguousarray(pixels, dtype=PIXEL_DTYPE).reshape(-1)
+    finite = np.isfinite(values).reshape(n, -1).all(axis=1)
+    if not finite.all():
+        raise PatchFormatError(f"patch {ids[_first_true(~finite)]!r}: pixels hold a non-finite value (NaN or inf)")
     columns = {
-        PATCH_ID: pa.array([str(i) for i in split.patch_ids], type=pa.string()),
-        PIXELS: pa.FixedSizeListArray.from_arrays(values, metadata.values_per_patch),
+        PATCH_ID: pa.array(ids.tolist(), type=pa.string()),
+        PIXELS: pa.FixedSizeListArray.from_arrays(pa.array(values, type=pa.float32()), metadata.values_per_patch),
     }
     if split.labels is not None:
+        labels = np.asarray(split.labels)
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise PatchFormatError(f"labels must be a 1-D array of class indices, got dtype {labels.dtype}")
+        bad = (labels < 0) | (labels >= metadata.num_classes)
+        if bad.any():
+            row = _first_true(bad)
+            raise PatchFormatError(
+                f"patch {ids[row]!r}: label {labels[row]} is not a class index (0..{metadata.num_classes - 1})"
+            )
         classes = np.asarray(metadata.classes, dtype=object)
-        columns[LABEL] = pa.array(classes[np.asarray(split.labels, dtype=np.int64)].tolist(), type=pa.string())
+        columns[LABEL] = pa.array(classes[labels.astype(np.int64)].tolist(), type=pa.string())
     table = pa.table({name: columns[name] for name in (PATCH_ID, LABEL, PIXELS) if name in columns})
     return table.replace_schema_metadata({METADATA_KEY: metadata.to_json()})
 
@@ -226,23 +253,51 @@ def write_split(path: str | os.PathLike, split: PatchSplit, metadata: PatchMetad
 def write_dataset(folder: str | os.PathLike, dataset: PatchDataset, *, overwrite: bool = False) -> None:
     """Write a dataset folder atomically: all splits go to a temporary sibling folder that is then renamed.
 
+    With ``overwrite``, an existing dataset folder is moved aside, replaced, and only then deleted; a folder that
+    holds anything but Parquet files is never replaced (so a mistyped path cannot wipe unrelated files).
+
     Raises:
-        FileExistsError: ``folder`` exists and ``overwrite`` is false.
+        FileExistsError: ``folder`` exists and ``overwrite`` is false, or it is not a dataset folder.
+        PatchFormatError: The dataset is not valid (unknown split names, no train split, ids shared by splits, or
+            any problem :func:`to_table` finds).
     """
     folder = Path(folder)
-    if folder.exists() and not overwrite:
-        raise FileExistsError(f"{folder}: already exists; choose another folder or pass overwrite")
+    if folder.exists() or folder.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{folder}: already exists; choose another folder or pass overwrite")
+        _check_replaceable(folder)
+    unknown = sorted(set(dataset.splits) - set(SPLITS))
+    if unknown or "train" not in dataset.splits:
+        raise PatchFormatError(f"{folder}: splits must include train and be among {', '.join(SPLITS)}, got {unknown}")
+    _check_ids_across_splits(dataset, folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    old: Path | None = None
     try:
         for name, split in dataset.splits.items():
             write_split(tmp / f"{name}{PARQUET_SUFFIX}", split, dataset.metadata)
         if folder.exists():
-            shutil.rmtree(folder)
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+            os.replace(folder, old / folder.name)
         os.replace(tmp, folder)
     except BaseException:
+        if old is not None and not folder.exists():
+            os.replace(old / folder.name, folder)  # put the previous dataset back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_replaceable(folder: Path) -> None:
+    if folder.is_symlink() or not folder.is_dir():
+        raise FileExistsError(f"{folder}: exists and is not a dataset folder; refusing to replace it")
+    others = [p.name for p in folder.iterdir() if not (p.is_file() and p.name.endswith(PARQUET_SUFFIX))]
+    if others:
+        raise FileExistsError(
+            f"{folder}: holds {', '.join(sorted(others)[:3])}, not only Parquet files; refusing to replace it"
+        )
 
 
 def read_metadata(path: str | os.PathLike) -> PatchMetadata:
@@ -255,9 +310,9 @@ def read_metadata(path: str | os.PathLike) -> PatchMetadata:
 def _read_schema(path: Path) -> pa.Schema:
     if not path.is_file():
         raise PatchFormatError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise PatchFormatError(f"{path}: file is empty (0 bytes), not a Parquet file")
     try:
+        if path.stat().st_size == 0:
+            raise PatchFormatError(f"{path}: file is empty (0 bytes), not a Parquet file")
         return pq.read_schema(path)
     except (pa.ArrowException, OSError, ValueError) as err:
         raise _corrupt(path, err) from None
@@ -301,6 +356,8 @@ def read_split(path: str | os.PathLike, *, require_labels: bool = True) -> tuple
         raise PatchFormatError(f"{path}: missing column {', '.join(repr(m) for m in missing)}; found {schema.names}")
     try:
         table = pq.read_table(path)
+        # Full validation catches what decoding lets through from a damaged file, such as invalid UTF-8 in strings.
+        table.validate(full=True)
     except (pa.ArrowException, OSError, ValueError) as err:
         raise _corrupt(path, err) from None
     if table.num_rows == 0:
@@ -316,19 +373,35 @@ def _first_true(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def _read_ids(table: pa.Table, path: Path) -> np.ndarray:
-    column = table.column(PATCH_ID)
-    if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
-        raise PatchFormatError(f"{path}: column '{PATCH_ID}' must be strings, found {column.type}")
-    ids = np.asarray(column.to_pylist(), dtype=object)
-    nulls = np.asarray([i is None or i == "" for i in ids])
-    if nulls.any():
-        raise PatchFormatError(f"{path}: row {_first_true(nulls)}: '{PATCH_ID}' is empty")
+def _string_column(table: pa.Table, name: str, path: Path, what: str) -> list:
+    """Return a string column as Python values, decoding dictionary-encoded strings (as pandas writes categoricals)."""
+    column = table.column(name)
+    kind = column.type
+    if pa.types.is_dictionary(kind) and _is_string(kind.value_type):
+        column, kind = column.cast(kind.value_type), kind.value_type
+    if not _is_string(kind):
+        raise PatchFormatError(f"{path}: column '{name}' must be {what}, found {kind}")
+    return column.to_pylist()
+
+
+def _is_string(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _check_ids(ids: np.ndarray, where: str) -> None:
+    empty = np.asarray([i is None or i == "" for i in ids], dtype=bool)
+    if empty.any():
+        raise PatchFormatError(f"{where}: row {_first_true(empty)}: '{PATCH_ID}' is empty")
     _, first, counts = np.unique(ids.astype(str), return_index=True, return_counts=True)
     if (counts > 1).any():
         dup = ids[first[counts > 1][0]]
         rows = np.flatnonzero(ids == dup)[:2].tolist()
-        raise PatchFormatError(f"{path}: row {rows[1]}: duplicate {PATCH_ID} {dup!r} (first seen in row {rows[0]})")
+        raise PatchFormatError(f"{where}: row {rows[1]}: duplicate {PATCH_ID} {dup!r} (first seen in row {rows[0]})")
+
+
+def _read_ids(table: pa.Table, path: Path) -> np.ndarray:
+    ids = np.asarray(_string_column(table, PATCH_ID, path, "strings"), dtype=object)
+    _check_ids(ids, str(path))
     return ids
 
 
@@ -365,10 +438,7 @@ def _read_pixels(table: pa.Table, path: Path, metadata: PatchMetadata) -> np.nda
 
 
 def _read_labels(table: pa.Table, path: Path, metadata: PatchMetadata) -> np.ndarray:
-    column = table.column(LABEL)
-    if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
-        raise PatchFormatError(f"{path}: column '{LABEL}' must be class-name strings, found {column.type}")
-    names = column.to_pylist()
+    names = _string_column(table, LABEL, path, "class-name strings")
     index = {name: i for i, name in enumerate(metadata.classes)}
     labels = np.empty(len(names), dtype=np.int64)
     for row, name in enumerate(names):
@@ -379,24 +449,43 @@ def _read_labels(table: pa.Table, path: Path, metadata: PatchMetadata) -> np.nda
     return labels
 
 
+def split_counts(count: int, fractions: Sequence[float]) -> list[int]:
+    """How many of ``count`` rows of one class each part gets in :func:`stratified_split`.
+
+    Args:
+        count: Rows of the class.
+        fractions: Share of each part; they must be non-negative and sum to 1.
+
+    Raises:
+        ValueError: The fractions are negative or do not sum to 1.
+    """
+    if any(not math.isfinite(f) or f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be non-negative and sum to 1, got {list(fractions)}")
+    bounds = np.round(np.cumsum(fractions) * count).astype(int)
+    bounds[-1] = count  # rounding must not lose or invent a row
+    return np.diff(np.r_[0, bounds]).tolist()
+
+
 def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
     """Partition row indices into parts of the given fractions, class by class, with a fixed seed.
 
     Args:
         labels: Integer class of each row.
-        fractions: Share of each part; they must sum to 1.
+        fractions: Share of each part; they must be non-negative and sum to 1.
         seed: Seed of the shuffle, so the same input always gives the same parts.
 
     Returns:
         One sorted index array per fraction.
+
+    Raises:
+        ValueError: The fractions are negative or do not sum to 1.
     """
-    if abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must sum to 1, got {list(fractions)}")
+    split_counts(0, fractions)  # validate once, even when there are no labels
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[] for _ in fractions]
     for cls in np.unique(labels):
         rows = rng.permutation(np.flatnonzero(labels == cls))
-        bounds = np.round(np.cumsum(fractions) * len(rows)).astype(int)
+        bounds = np.cumsum(split_counts(len(rows), fractions))
         for part, (start, stop) in enumerate(zip(np.r_[0, bounds[:-1]], bounds, strict=True)):
             parts[part].append(rows[start:stop])
     return [np.sort(np.concatenate(p)) if p else np.empty(0, dtype=np.int64) for p in parts]
@@ -425,7 +514,7 @@ def read_dataset(folder: str | os.PathLike, *, seed: int = DEFAULT_SPLIT_SEED) -
                 f"found {len(files)}"
             )
         whole, metadata = read_split(files[0])
-        return _carve(PatchDataset(metadata, {"train": whole}), seed)
+        return _carve(PatchDataset(metadata, {"train": whole}), seed, files[0])
     if "train" not in present:
         raise PatchFormatError(f"{folder}: has {', '.join(sorted(present))} but no train.parquet")
     dataset: PatchDataset | None = None
@@ -440,7 +529,7 @@ def read_dataset(folder: str | os.PathLike, *, seed: int = DEFAULT_SPLIT_SEED) -
         dataset.splits[name] = split
     assert dataset is not None
     _check_ids_across_splits(dataset, folder)
-    return _carve(dataset, seed)
+    return _carve(dataset, seed, present["train"])
 
 
 def _difference(a: PatchMetadata, b: PatchMetadata) -> str:
@@ -457,7 +546,7 @@ def _check_ids_across_splits(dataset: PatchDataset, folder: Path) -> None:
             seen[pid] = name
 
 
-def _carve(dataset: PatchDataset, seed: int) -> PatchDataset:
+def _carve(dataset: PatchDataset, seed: int, source: Path) -> PatchDataset:
     """Carve missing val/test splits out of train, stratified, keeping the given ones untouched."""
     missing = [name for name in ("val", "test") if name not in dataset.splits]
     if not missing:
@@ -469,6 +558,11 @@ def _carve(dataset: PatchDataset, seed: int) -> PatchDataset:
     fractions += [shares[n] for n in missing]
     total = sum(fractions)
     parts = stratified_split(train.labels, [f / total for f in fractions], seed)
+    for name, rows in zip(["train", *missing], parts, strict=True):
+        if len(rows) == 0:
+            raise PatchFormatError(
+                f"{source}: {len(train)} patches are too few to carve a non-empty {name} split from them"
+            )
     dataset.splits["train"] = train.take(parts[0])
     for name, rows in zip(missing, parts[1:], strict=True):
         dataset.splits[name] = train.take(rows)
