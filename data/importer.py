@@ -323,7 +323,9 @@ def _carve(
     part_names = ["train", *missing]
     counts = np.bincount(pool.labels, minlength=len(classes))
     for cls, count in enumerate(counts.tolist()):
-        if min(split_counts(count, fractions)) == 0:
+        # A class named in class_names but absent from the data is allowed (a shared class list); a present one
+        # must reach every part.
+        if count and min(split_counts(count, fractions)) == 0:
             need = _smallest_stratifiable(fractions)
             raise NpzImportError(
                 f"{source}: key '{Y}' has {count} patch(es) of class {classes[cls]!r}, too few to stratify into "
