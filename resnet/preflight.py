@@ -195,8 +195,8 @@ def _run_checks(
     attributes = _tensor_attributes(module)
     with _ForwardTrace(module) as trace:
         out = module(inputs)
-    trace.raise_on_unregistered()
     _check_same_parameters(params, module, "during the first forward call")
+    trace.raise_on_unregistered()
     _check_no_stored_tensors(module, attributes)
     _check_output(out, inputs.shape[0], num_classes, "train", trace)
     loss = F.cross_entropy(out, targets)
