@@ -11,17 +11,6 @@ PATCHES = 64
 MAX_STEPS = 300
 
 
-def default_train_split():
-    if (DEFAULT_DATASET_DIR / "train.parquet").is_file():
-        dataset = read_dataset(DEFAULT_DATASET_DIR)
-        return dataset.train, dataset.metadata
-    # Until the embedded dataset is committed: the generator that defines it, same seed.
-    from data.synthetic import DEFAULT_COUNTS, generate
-
-    dataset = generate({"train": DEFAULT_COUNTS["train"]})
-    return dataset.train, dataset.metadata
-
-
 def steps_to_memorise(model, x, y, lr=1e-3):
     """Full-batch AdamW steps until eval-mode accuracy on (x, y) is 100%, or None."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -40,9 +29,10 @@ def steps_to_memorise(model, x, y, lr=1e-3):
 
 def test_overfits_64_default_patches():
     torch.manual_seed(0)
-    split, metadata = default_train_split()
-    x = torch.from_numpy(split.pixels[:PATCHES])
-    y = torch.from_numpy(split.labels[:PATCHES])
+    dataset = read_dataset(DEFAULT_DATASET_DIR)
+    metadata = dataset.metadata
+    x = torch.tensor(dataset.train.pixels[:PATCHES])
+    y = torch.tensor(dataset.train.labels[:PATCHES])
     assert len(torch.unique(y)) == metadata.num_classes  # every class present
     # Per-band normalisation with these 64 patches' statistics (bands range from dB to 10,000 DN).
     mean = x.mean(dim=(0, 2, 3), keepdim=True)
