@@ -16,6 +16,8 @@ functions cannot leak into the stored data).
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import zlib
 from collections.abc import Mapping
 
@@ -114,8 +116,7 @@ def generate(
     counts = DEFAULT_COUNTS if counts is None else counts
     if size < 2:
         raise ValueError(f"patch size must be at least 2 pixels, got {size}")
-    metadata = default_metadata()
-    metadata = PatchMetadata(metadata.bands, size, size, metadata.classes, metadata.units)
+    metadata = dataclasses.replace(default_metadata(), height=size, width=size)
     splits = {}
     for name, n in counts.items():
         if n < 1:
@@ -295,6 +296,13 @@ def _wetland(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     return a
 
 
+# NEIGHBOURS as a (classes, k) table of class indices, each list repeated to a common length k so that a uniform
+# column draws each of a class's neighbours equally often.
+_NEIGHBOUR_WIDTH = math.lcm(*(len(names) for names in NEIGHBOURS.values()))
+_NEIGHBOUR_TABLE = np.array(
+    [[CLASSES.index(NEIGHBOURS[c][j % len(NEIGHBOURS[c])]) for j in range(_NEIGHBOUR_WIDTH)] for c in CLASSES]
+)
+
 _CLASS_TEXTURES = {
     "water": _water,
     "forest": _forest,
@@ -338,8 +346,7 @@ def _patches(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.ndar
     # A neighbouring class crosses part of some patches; pixels on the boundary are mixtures.
     mixed = np.flatnonzero(rng.uniform(0, 1, n) < MIX_PROBABILITY)
     if len(mixed):
-        choices = [np.array([CLASSES.index(c) for c in NEIGHBOURS[name]]) for name in CLASSES]
-        neighbour = np.array([rng.choice(choices[label]) for label in labels[mixed]])
+        neighbour = _NEIGHBOUR_TABLE[labels[mixed], rng.integers(0, _NEIGHBOUR_TABLE.shape[1], len(mixed))]
         share = _half_plane(rng, len(mixed), size, MIX_MAX_SHARE)[:, None]
         abundance[mixed] = (1 - share) * abundance[mixed] + share * _abundances(rng, neighbour, size)
 
