@@ -1,0 +1,56 @@
+"""Connecting to Ray: join a running cluster when there is one, else start a local one bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+log = logging.getLogger(__name__)
+
+# The dashboard and job API run arbitrary code for anyone who reaches them: loopback only unless asked otherwise.
+DASHBOARD_HOST = "127.0.0.1"
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, dashboard_host: str = DASHBOARD_HOST) -> None:
+    """Initialise Ray once for this process.
+
+    Args:
+        address: Cluster address (``auto``, ``ray://…`` or ``host:port``); None joins the cluster named by
+            ``RAY_ADDRESS`` (set inside ``ray job submit``) or a local ``ray start`` cluster, else starts one.
+        num_cpus: CPUs of a newly started local cluster (ignored when joining one).
+        dashboard_host: Interface a newly started local dashboard binds to.
+    """
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    quiet = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
+    if address:
+        ray.init(address=address, **quiet)
+        return
+    try:
+        ray.init(address="auto", **quiet)
+        log.info("joined the running Ray cluster")
+    except ConnectionError:
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host, **quiet)
+    _quiet_ray_data()
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data prints a progress block per epoch; a line per epoch of our own says more."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def cluster_cpus() -> float:
+    """CPUs in the connected cluster."""
+    return float(ray.cluster_resources().get("CPU", 0.0))
+
+
+def cluster_gpus() -> float:
+    """GPUs in the connected cluster."""
+    return float(ray.cluster_resources().get("GPU", 0.0))

@@ -1,0 +1,95 @@
+"""Training configuration: one frozen dataclass whose defaults the entry scripts' flags read."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+# The hyperparameters population-based training mutates, named once. After a checkpoint is loaded, the worker
+# re-applies these from its own config so that an exploited trial trains with its mutated values.
+LR = "lr"
+GRAD_CLIP = "grad_clip"
+MUTABLE = (LR, GRAD_CLIP)
+
+OPTIMIZERS = ("adamw", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs besides the data.
+
+    Attributes:
+        optimizer: ``adamw`` (robust default for a small dataset) or ``sgd`` (with momentum).
+        lr: Learning rate; PBT mutates it.
+        grad_clip: Maximum global gradient norm; None (or 0) disables clipping; PBT mutates it.
+        momentum: SGD momentum (ignored by AdamW).
+        weight_decay: Decoupled weight decay; 588 patches overfit quickly without it.
+        label_smoothing: Softens one-hot targets, which helps on overlapping classes.
+        epochs: Passes over the training split.
+        batch_size: Global batch size, split evenly across workers.
+        seed: Seeds model initialisation and anything else random in the worker.
+        num_workers: Ray Train workers (data-parallel replicas).
+        use_gpu: Put each worker on a GPU.
+        cpus_per_worker: CPUs reserved by each worker; also its torch thread count.
+        channels: Width of the ResNet (stem channels).
+        dropout: Dropout at the end of each residual block and in the head.
+        checkpoint_every: Report a checkpoint every this many epochs (PBT aligns its perturbation interval).
+        keep_checkpoints: How many checkpoints Ray keeps (the best by validation accuracy).
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    grad_clip: float | None = 5.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.05
+    epochs: int = 40
+    batch_size: int = 64
+    seed: int = 0
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    channels: int = 64
+    dropout: float = 0.1
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not self.lr > 0:
+            problems.append(f"lr must be positive, got {self.lr}")
+        if self.grad_clip is not None and self.grad_clip < 0:
+            problems.append(f"grad_clip must be positive (or 0/None for no clipping), got {self.grad_clip}")
+        for name in ("epochs", "batch_size", "num_workers", "channels", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size < self.num_workers:
+            problems.append(f"batch_size ({self.batch_size}) must be at least num_workers ({self.num_workers})")
+        if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
+            problems.append("dropout and label_smoothing must lie in [0, 1)")
+        if self.weight_decay < 0 or self.cpus_per_worker <= 0:
+            problems.append("weight_decay must be >= 0 and cpus_per_worker > 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for the Ray boundary."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> TrainConfig:
+        """Build from a plain dict, ignoring keys this version does not know."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in body.items() if k in names})
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def clip_norm(self) -> float | None:
+        """The clipping norm, or None when clipping is off."""
+        return self.grad_clip if self.grad_clip else None

@@ -1,0 +1,337 @@
+"""The per-worker training loop Ray Train runs: seed, build, preflight, restore, re-apply, loop, report.
+
+Every step skips (and counts) the optimizer step when the loss or the gradient norm is not finite, clips the
+gradient norm to ``grad_clip`` and records the pre-clip norm. Every epoch the workers all-reduce their sums, so each
+reports the same global metrics, and rank 0 writes a checkpoint. A diverged run reports finite sentinel values and
+``diverged=True``, never NaN: population-based training ranks trials by sorting scores, and NaN sorts anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from sklearn.metrics import f1_score
+from torch import nn
+
+from data.format import PatchMetadata
+from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats, D4Collate
+from resnet import ResNet, ResNetConfig
+from resnet.preflight import check as preflight_check
+from workflows.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+# Finite stand-in for a loss or norm that is NaN or infinite (the raw value cannot travel to Tune).
+SENTINEL = 1e6
+# An epoch counts as diverged when more than this share of its steps were skipped as non-finite...
+DIVERGED_SKIP_SHARE = 0.5
+# ...or when its validation loss exceeds this many times that of a uniform guess (ln K).
+DIVERGED_LOSS_FACTOR = 10.0
+EVAL_BATCH_SIZE = 256
+# Rows each worker shuffles locally, in batches, on top of the shuffled block order.
+SHUFFLE_BATCHES = 8
+PREFLIGHT_BATCH = 8
+
+
+def build_model(metadata: PatchMetadata, cfg: TrainConfig) -> tuple[ResNet, ResNetConfig]:
+    """The ResNet for a dataset's shape and the run's width and dropout."""
+    model_cfg = ResNetConfig.from_metadata(metadata, channels=cfg.channels, dropout=cfg.dropout)
+    return ResNet(model_cfg), model_cfg
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD with momentum over all parameters of ``model``."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def apply_mutable(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    """Set the run's own learning rate on every parameter group (after optimizer state was loaded)."""
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.lr
+
+
+def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write a training state (tensors and plain Python values only) to ``directory``."""
+    path = Path(directory) / CHECKPOINT_FILE
+    torch.save(state, path)
+    return path
+
+
+def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read a training state written by :func:`save_checkpoint`, without unpickling arbitrary objects.
+
+    Raises:
+        ValueError: The folder holds no checkpoint, or it is not one of ours.
+    """
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ValueError(f"{directory}: no {CHECKPOINT_FILE} in this checkpoint folder")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure to unpickle means the file is not usable
+        raise ValueError(f"{path}: not a readable checkpoint ({' '.join(str(err).split())[:200]})") from None
+    missing = {"model", "optimizer", "epoch", "band_stats", "model_config", "metadata"} - set(state)
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {', '.join(sorted(missing))}")
+    return state
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce(values: list[float], op: dist.ReduceOp) -> np.ndarray:
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if _distributed():
+        dist.all_reduce(tensor, op=op)
+    return tensor.numpy()
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    batches: Any,
+    clip_norm: float | None,
+    device: torch.device,
+) -> dict[str, float]:
+    """One pass over this worker's training shard with the numerical-health guards.
+
+    Returns:
+        Local sums: ``loss_sum`` and ``samples`` over the applied steps, ``steps``, ``skipped``, and the pre-clip
+        gradient norms' ``norm_sum``, ``norm_count`` and ``norm_max`` (finite norms only).
+    """
+    model.train()
+    sums = {"loss_sum": 0.0, "samples": 0.0, "steps": 0.0, "skipped": 0.0, "norm_sum": 0.0, "norm_count": 0.0}
+    sums["norm_max"] = 0.0
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    for batch in batches:
+        x, y = batch[PIXELS_COLUMN].to(device), batch[LABEL_COLUMN].to(device)  # (B, C, H, W), (B,)
+        # A non-finite forward pass would poison BatchNorm's running statistics even if its step is skipped.
+        saved = [b.detach().clone() for b in buffers]
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        # Pre-clip norm; clipping to inf only measures. Under DDP the gradients are already averaged.
+        norm = float(nn.utils.clip_grad_norm_(model.parameters(), clip_norm if clip_norm else math.inf))
+        loss_value = float(loss.detach())
+        bad = not (math.isfinite(loss_value) and math.isfinite(norm))
+        # Every worker must agree to skip, or their weights would drift apart.
+        bad = bool(_all_reduce([float(bad)], dist.ReduceOp.MAX)[0])
+        sums["steps"] += 1
+        if bad:
+            sums["skipped"] += 1
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, old in zip(buffers, saved, strict=True):
+                    b.copy_(old)
+            continue
+        optimizer.step()  # after unscale-free clipping above
+        sums["loss_sum"] += loss_value * len(y)
+        sums["samples"] += len(y)
+        sums["norm_sum"] += norm
+        sums["norm_count"] += 1
+        sums["norm_max"] = max(sums["norm_max"], norm)
+    return sums
+
+
+@torch.no_grad()
+def evaluate_shard(
+    model: nn.Module, loss_fn: nn.Module, batches: Any, num_classes: int, rank: int, world: int
+) -> tuple[float, float, np.ndarray]:
+    """Loss sum, sample count and confusion matrix over this worker's share (every ``world``-th batch).
+
+    Non-finite per-sample losses are counted separately by the caller through a non-finite sum.
+    """
+    model.eval()
+    loss_sum, count = 0.0, 0.0
+    confusion = np.zeros((num_classes, num_classes), dtype=np.float64)
+    for index, batch in enumerate(batches):
+        if index % world != rank:
+            continue
+        x, y = batch[PIXELS_COLUMN], batch[LABEL_COLUMN]
+        logits = model(x)
+        loss_sum += float(loss_fn(logits, y)) * len(y)
+        count += len(y)
+        predicted = logits.argmax(dim=1).cpu().numpy()
+        np.add.at(confusion, (y.cpu().numpy(), predicted), 1)
+    return loss_sum, count, confusion
+
+
+def macro_f1_from_confusion(confusion: np.ndarray) -> float:
+    """Macro-F1 computed by scikit-learn from the true/predicted pairs a confusion matrix counts."""
+    counts = confusion.astype(np.int64)
+    truth = np.repeat(np.arange(len(counts)), counts.sum(axis=1))
+    predicted = np.concatenate([np.repeat(np.arange(len(counts)), row) for row in counts])
+    labels = np.arange(len(counts))
+    return float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0))
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else SENTINEL
+
+
+def epoch_metrics(
+    epoch: int,
+    train: dict[str, float],
+    val_loss_sum: float,
+    val_count: float,
+    confusion: np.ndarray,
+    cfg: TrainConfig,
+) -> dict[str, Any]:
+    """Global metrics of one epoch from all-reduced sums; every value finite."""
+    steps = max(train["steps"], 1.0)
+    val_loss = val_loss_sum / max(val_count, 1.0)
+    uniform_loss = math.log(len(confusion))
+    diverged = (
+        train["skipped"] / steps > DIVERGED_SKIP_SHARE
+        or not math.isfinite(val_loss)
+        or val_loss > DIVERGED_LOSS_FACTOR * uniform_loss
+    )
+    metrics = {
+        "epoch": epoch,
+        "train_loss": min(_finite(train["loss_sum"] / train["samples"]), SENTINEL) if train["samples"] else SENTINEL,
+        "val_loss": min(_finite(val_loss), SENTINEL),
+        "val_acc": float(np.trace(confusion) / max(confusion.sum(), 1.0)),
+        "val_macro_f1": macro_f1_from_confusion(confusion),
+        "grad_norm_mean": min(train["norm_sum"] / train["norm_count"], SENTINEL) if train["norm_count"] else SENTINEL,
+        "grad_norm_max": min(train["norm_max"], SENTINEL) if train["norm_count"] else SENTINEL,
+        "skipped_steps": int(train["skipped"]),
+        "steps": int(train["steps"]),
+        "lr": cfg.lr,
+        "grad_clip": float(cfg.grad_clip or 0.0),
+        "diverged": bool(diverged),
+    }
+    # Plain Python numbers: checkpoints are read back with weights_only=True, which refuses numpy scalars.
+    return {k: v if isinstance(v, (bool, int)) else float(v) for k, v in metrics.items()}
+
+
+def _preflight(model: nn.Module, optimizer: torch.optim.Optimizer, model_cfg: ResNetConfig, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    shape = (PREFLIGHT_BATCH, model_cfg.in_channels, model_cfg.height, model_cfg.width)
+    inputs = torch.randn(shape, generator=generator)  # normalised data has unit scale
+    targets = torch.randint(0, model_cfg.num_classes, (PREFLIGHT_BATCH,), generator=generator)
+    preflight_check(model, optimizer, inputs, targets)
+
+
+def train_func_per_worker(config: dict[str, Any]) -> None:
+    """Train on one Ray Train worker; every worker runs this with the same ``config``.
+
+    Args:
+        config: ``train`` (a :class:`TrainConfig` dict), ``metadata`` (the dataset's metadata JSON),
+            ``band_stats`` (a :class:`BandStats` dict) and optionally ``resume_from`` (a checkpoint folder to start
+            from, for example a PBT donor's).
+    """
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.from_dict(config["train"])
+    metadata = PatchMetadata.from_json(config["metadata"])
+    stats = BandStats.from_dict(config["band_stats"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    if not cfg.use_gpu:
+        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+
+    # 1. Seed: the same initial weights on every worker (DDP also broadcasts rank 0's).
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed + rank)
+
+    # 2. Build, and check the model before spending any time on it.
+    model, model_cfg = build_model(metadata, cfg)
+    optimizer = build_optimizer(model, cfg)
+    _preflight(model, optimizer, model_cfg, cfg.seed)
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+
+    # 3. Restore: Ray's own checkpoint after a worker failure wins over the one we were started from.
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    source = checkpoint.path if checkpoint is not None else config.get("resume_from")
+    if source:
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                state = load_checkpoint(directory)
+        else:
+            state = load_checkpoint(source)
+        _unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+        if rank == 0:
+            log.info("resumed from %s at epoch %d", source, start_epoch)
+
+    # 4. Re-apply the mutated hyperparameters: loading optimizer state brought back the donor's lr.
+    apply_mutable(optimizer, cfg)
+
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    eval_loss_fn = nn.CrossEntropyLoss()
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    per_worker_batch = max(1, cfg.batch_size // world)
+
+    # 5. Loop and report.
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        started = time.perf_counter()
+        batches = train_shard.iter_torch_batches(
+            batch_size=per_worker_batch,
+            collate_fn=D4Collate(seed=(cfg.seed * 1_000_003 + epoch) * 1009 + rank),
+            local_shuffle_buffer_size=SHUFFLE_BATCHES * per_worker_batch,
+            local_shuffle_seed=cfg.seed * 1_000_003 + epoch,
+        )
+        local = train_epoch(model, optimizer, loss_fn, batches, cfg.clip_norm, device)
+        val_batches = val_shard.iter_torch_batches(batch_size=EVAL_BATCH_SIZE, device=device, dtypes=_DTYPES)
+        # The bare module: DDP's forward would broadcast buffers, a collective the other workers do not join.
+        val_loss_sum, val_count, confusion = evaluate_shard(
+            _unwrap(model), eval_loss_fn, val_batches, metadata.num_classes, rank, world
+        )
+        summed = _all_reduce(
+            [local["loss_sum"], local["samples"], val_loss_sum, val_count, *confusion.ravel()], dist.ReduceOp.SUM
+        )
+        maxed = _all_reduce(
+            [local["steps"], local["skipped"], local["norm_sum"], local["norm_count"], local["norm_max"]],
+            dist.ReduceOp.MAX,
+        )
+        train_sums = dict(zip(("steps", "skipped", "norm_sum", "norm_count", "norm_max"), maxed, strict=True))
+        train_sums.update(loss_sum=summed[0], samples=summed[1])
+        confusion = summed[4:].reshape(confusion.shape)
+        metrics = epoch_metrics(epoch, train_sums, summed[2], summed[3], confusion, cfg)
+        metrics["epoch_seconds"] = time.perf_counter() - started
+
+        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
+            with tempfile.TemporaryDirectory() as directory:
+                if rank == 0:
+                    state = {
+                        "model": _unwrap(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "band_stats": stats.to_dict(),
+                        "model_config": model_cfg.to_dict(),
+                        "train_config": cfg.to_dict(),
+                        "metadata": metadata.to_json(),
+                        "metrics": metrics,
+                    }
+                    save_checkpoint(directory, state)
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+                else:
+                    ray.train.report(metrics, checkpoint=None)
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+
+_DTYPES = {PIXELS_COLUMN: torch.float32, LABEL_COLUMN: torch.int64}

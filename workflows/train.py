@@ -1,0 +1,148 @@
+"""Train the ResNet once with Ray Train (data-parallel workers) and evaluate its best checkpoint on the test split.
+
+Example:
+    python workflows/train.py --epochs 20 --num-workers 2 --results results/my-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from data import DEFAULT_DATASET_DIR
+from data.format import PatchFormatError, read_dataset
+from data.pipeline import build_ray_datasets, compute_band_stats
+from workflows.cluster import cluster_gpus, connect
+from workflows.config import OPTIMIZERS, TrainConfig
+from workflows.evaluate import TEST_METRICS_FILE, evaluate_checkpoint, format_metrics_table, write_json_atomic
+from workflows.launch import run_training, unique_run_name
+
+DEFAULTS = TrainConfig()
+HISTORY_FILE = "history.json"
+
+
+def _clip(text: str) -> float | None:
+    value = float(text)
+    return value if value > 0 else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags for one training run; defaults come from :class:`TrainConfig`."""
+    parser = argparse.ArgumentParser(
+        description="Train the fixed ResNet on a patch dataset with Ray Train, then evaluate the best checkpoint "
+        "(by validation accuracy) on the test split. Writes test_metrics.json and history.json to --results.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = parser.add_argument_group("data and output")
+    data.add_argument("--data", type=Path, default=DEFAULT_DATASET_DIR, help="dataset folder (train/val/test.parquet)")
+    data.add_argument("--results", type=Path, default=None, help="results folder (default: results/train-<time>)")
+    data.add_argument("--overwrite", action="store_true", help="allow a results folder that already has results")
+    data.add_argument("--resume-from", default=None, help="checkpoint folder to continue from (keeps its epoch)")
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer)
+    opt.add_argument("--lr", type=float, default=DEFAULTS.lr, help="learning rate")
+    opt.add_argument("--grad-clip", type=_clip, default=DEFAULTS.grad_clip, help="max gradient norm; 0 = off")
+    opt.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="SGD momentum")
+    opt.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
+    opt.add_argument("--label-smoothing", type=float, default=DEFAULTS.label_smoothing)
+    opt.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    opt.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="global batch, split over workers")
+    opt.add_argument("--channels", type=int, default=DEFAULTS.channels, help="network width")
+    opt.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
+    opt.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    scale = parser.add_argument_group("Ray")
+    scale.add_argument("--num-workers", type=int, default=DEFAULTS.num_workers, help="data-parallel workers")
+    scale.add_argument("--cpus-per-worker", type=float, default=DEFAULTS.cpus_per_worker)
+    scale.add_argument("--gpu", action="store_true", help="one GPU per worker (the cluster must have them)")
+    scale.add_argument("--address", default=None, help="Ray cluster address (default: running cluster or new local)")
+    scale.add_argument("--num-cpus", type=int, default=None, help="CPUs of a new local cluster (default: all)")
+    scale.add_argument("--max-failures", type=int, default=1, help="restarts from the last checkpoint on failure")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` that the parsed flags describe."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    return TrainConfig(**values, use_gpu=args.gpu)
+
+
+def print_progress(metrics: dict[str, Any], checkpoint: str | None, epochs: int) -> None:
+    """One line per epoch."""
+    flag = "  DIVERGED" if metrics["diverged"] else ""
+    print(
+        f"epoch {metrics['epoch']:>3}/{epochs}  train_loss {metrics['train_loss']:.4f}  "
+        f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_acc']:.4f}  "
+        f"val_f1 {metrics['val_macro_f1']:.4f}  grad_norm {metrics['grad_norm_mean']:.3g}  "
+        f"skipped {metrics['skipped_steps']}/{metrics['steps']}  {metrics['epoch_seconds']:.1f}s{flag}",
+        flush=True,
+    )
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run training and the test evaluation; returns the test metrics.
+
+    Raises:
+        PatchFormatError: The dataset is invalid.
+        ValueError: A flag has an impossible value.
+        FileExistsError: The results folder already holds results and ``--overwrite`` was not given.
+    """
+    cfg = config_from_args(args)
+    results = (args.results or Path("results") / time.strftime("train-%Y%m%d-%H%M%S")).resolve()
+    if (results / TEST_METRICS_FILE).exists() and not args.overwrite:
+        raise FileExistsError(f"{results}: already holds {TEST_METRICS_FILE}; pass --overwrite or another --results")
+    dataset = read_dataset(args.data)
+    stats = compute_band_stats(dataset.train.pixels)
+    connect(args.address, args.num_cpus)
+    if cfg.use_gpu and cluster_gpus() < cfg.num_workers:
+        raise ValueError(f"--gpu asks for {cfg.num_workers} GPUs, the cluster has {cluster_gpus():.0f}")
+    print(
+        f"data {args.data}: {len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test patches, "
+        f"{dataset.metadata.num_bands} bands, {dataset.metadata.height}x{dataset.metadata.width}, "
+        f"{dataset.metadata.num_classes} classes; {cfg.num_workers} workers; results {results}",
+        flush=True,
+    )
+    datasets = build_ray_datasets(dataset, stats)
+    outcome = run_training(
+        cfg,
+        dataset.metadata,
+        stats,
+        datasets,
+        results / "ray",
+        unique_run_name("train"),
+        resume_from=args.resume_from,
+        max_failures=args.max_failures,
+        on_report=lambda metrics, checkpoint: print_progress(metrics, checkpoint, cfg.epochs),
+    )
+    write_json_atomic(results / HISTORY_FILE, outcome.history)
+    if outcome.best_checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint; nothing to evaluate")
+    metrics = evaluate_checkpoint(outcome.best_checkpoint, dataset.test)
+    metrics["checkpoint"] = outcome.best_checkpoint
+    metrics["train_config"] = cfg.to_dict()
+    write_json_atomic(results / TEST_METRICS_FILE, metrics)
+    print(f"best checkpoint: epoch {metrics['checkpoint_epoch']} ({outcome.best_checkpoint})")
+    print(format_metrics_table(metrics))
+    print(f"wrote {results / TEST_METRICS_FILE}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        train(args)
+    except (PatchFormatError, ValueError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
