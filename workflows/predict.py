@@ -1,0 +1,249 @@
+"""Batch prediction with Ray Data: classify a Parquet file or dataset split with an exported model bundle.
+
+Example:
+    python workflows/predict.py --model results/bundle --input data/default --split test --output preds.parquet
+
+The output Parquet file has one row per patch, in input order: ``patch_id``, ``predicted_label`` and one
+``prob_<class>`` column per class of the model. When the input has labels, accuracy and macro-F1 are printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from data.format import PATCH_ID, PIXELS, SPLITS, PatchFormatError, PatchMetadata, PatchSplit, read_dataset, read_split
+from workflows.bundle import BundleError, check_compatible, load_bundle
+from workflows.cluster import cluster_cpus, connect
+from workflows.evaluate import PREDICT_BATCH_SIZE, classification_metrics
+
+PREDICTED_LABEL = "predicted_label"
+PROBABILITY_PREFIX = "prob_"
+OUTPUT_METADATA_KEY = "predictions"
+# Rows per Ray Data block: small enough to spread over the actors and show progress, large enough to keep the
+# per-block overhead (a task hand-over, a progress line) far below the forward passes it carries.
+BLOCK_ROWS = 4096
+# A progress line each time another tenth of the patches is done.
+PROGRESS_STEPS = 10
+
+
+def probability_column(class_name: str) -> str:
+    """Name of the output column holding the probability of one class."""
+    return f"{PROBABILITY_PREFIX}{class_name}"
+
+
+class Predictor:
+    """Ray Data callable class: each actor loads the bundle once, then classifies batches of raw pixels.
+
+    Args:
+        bundle_dir: The model bundle folder.
+        threads: Torch intra-op threads of this actor (one per CPU it holds).
+    """
+
+    def __init__(self, bundle_dir: str, threads: int = 1) -> None:
+        torch.set_num_threads(threads)
+        self.bundle = load_bundle(bundle_dir)
+        self.classes = np.asarray(self.bundle.metadata.classes, dtype=object)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Patch ids, predicted class names and class probabilities of one batch."""
+        pixels = np.asarray(batch[PIXELS], dtype=np.float32)  # (B, C, H, W), raw values
+        probabilities = self.bundle.predict_probabilities(pixels)  # (B, K)
+        out = {PATCH_ID: batch[PATCH_ID], PREDICTED_LABEL: self.classes[probabilities.argmax(axis=1)]}
+        for k, name in enumerate(self.bundle.metadata.classes):
+            out[probability_column(name)] = probabilities[:, k]
+        return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags of the prediction script."""
+    parser = argparse.ArgumentParser(
+        description="Classify patches with an exported model bundle using Ray Data (one model load per actor). "
+        "Writes a Parquet file of patch_id, predicted_label and prob_<class> columns; prints accuracy and macro-F1 "
+        "when the input has labels.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", type=Path, required=True, help="model bundle folder (weights.pt, bundle.json)")
+    parser.add_argument("--input", type=Path, required=True, help="a Parquet file of patches or a dataset folder")
+    parser.add_argument("--split", choices=SPLITS, default="test", help="split to classify when --input is a folder")
+    parser.add_argument("--output", type=Path, required=True, help="Parquet file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE, help="patches per forward pass")
+    parser.add_argument("--concurrency", type=int, default=None, help="model actors (default: one per cluster CPU)")
+    parser.add_argument("--address", default=None, help="Ray cluster address ('local' starts a private one)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a new local cluster (default: all)")
+    return parser
+
+
+def read_input(path: Path, split: str) -> tuple[PatchSplit, PatchMetadata]:
+    """The patches to classify: a Parquet file as it is, or one split of a dataset folder (labels optional).
+
+    Raises:
+        PatchFormatError: The input is missing or not in the patch format.
+    """
+    if path.is_dir():
+        split_file = path / f"{split}.parquet"
+        if split_file.is_file():
+            return read_split(split_file, require_labels=False)
+        dataset = read_dataset(path)  # a single unsplit file, carved into splits
+        return dataset.splits[split], dataset.metadata
+    return read_split(path, require_labels=False)
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Refuse an output path that exists (unless ``overwrite``) or is a folder.
+
+    Raises:
+        FileExistsError: The output exists and may not be replaced.
+    """
+    if path.is_dir():
+        raise FileExistsError(f"{path}: is a folder; --output must name a Parquet file")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{path}: already exists; pass --overwrite or choose another --output")
+
+
+def write_table_atomic(path: Path, table: pa.Table) -> None:
+    """Write a Parquet file under a temporary name in the same folder, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def input_table(split: PatchSplit) -> pa.Table:
+    """Patch ids and raw pixels as an Arrow table with a tensor column, shape (N, C, H, W)."""
+    from ray.data.extensions import ArrowTensorArray
+
+    return pa.table(
+        {
+            PATCH_ID: pa.array(split.patch_ids.tolist(), type=pa.string()),
+            PIXELS: ArrowTensorArray.from_numpy(split.pixels),
+        }
+    )
+
+
+def run_inference(split: PatchSplit, bundle_dir: Path, batch_size: int, concurrency: int) -> pa.Table:
+    """Classify a split on the connected Ray cluster with a pool of :class:`Predictor` actors; rows in input order."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # our own progress lines below; Ray's bars garble captured logs
+    context.print_on_execution_start = False
+    context.execution_options.preserve_order = True
+    table = input_table(split)
+    blocks = max(concurrency, math.ceil(len(table) / BLOCK_ROWS))
+    rows = math.ceil(len(table) / blocks)
+    ds = ray.data.from_arrow([table.slice(start, rows) for start in range(0, len(table), rows)])
+    predictions = ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"bundle_dir": str(bundle_dir.resolve()), "threads": 1},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=1,
+    )
+    parts, done, next_report = [], 0, len(table) / PROGRESS_STEPS
+    started = time.perf_counter()
+    for part in predictions.iter_batches(batch_size=None, batch_format="pyarrow"):
+        parts.append(part)
+        done += part.num_rows
+        if done >= next_report or done == len(table):
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            print(f"predicted {done}/{len(table)} patches ({rate:.0f}/s)", flush=True)
+            next_report = done + len(table) / PROGRESS_STEPS
+    return pa.concat_tables(parts)
+
+
+def predict(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate everything, run the inference and write the output; returns a summary.
+
+    Raises:
+        BundleError: The bundle is invalid or the input does not match it.
+        PatchFormatError: The input is not in the patch format.
+        FileExistsError: The output exists and ``--overwrite`` was not given.
+        ValueError: A flag has an impossible value.
+    """
+    if args.batch_size < 1 or (args.concurrency is not None and args.concurrency < 1):
+        raise ValueError("--batch-size and --concurrency must be at least 1")
+    check_output(args.output, args.overwrite)
+    bundle = load_bundle(args.model)
+    split, metadata = read_input(args.input, args.split)
+    where = str(args.input / f"{args.split}.parquet") if args.input.is_dir() else str(args.input)
+    check_compatible(bundle.metadata, metadata, where, labelled=split.labels is not None)
+
+    started = time.perf_counter()
+    connect(args.address, args.num_cpus)
+    connected = time.perf_counter()
+    concurrency = args.concurrency or max(1, int(cluster_cpus()))
+    concurrency = min(concurrency, len(split))
+    print(f"classifying {len(split)} patches from {where} with {concurrency} model actors", flush=True)
+    table = run_inference(split, args.model, args.batch_size, concurrency)
+    finished = time.perf_counter()
+
+    if table.num_rows != len(split) or table.column(PATCH_ID).to_pylist() != split.patch_ids.tolist():
+        raise RuntimeError(f"Ray Data returned {table.num_rows} rows for {len(split)} patches, or out of order")
+    table = table.replace_schema_metadata(
+        {
+            OUTPUT_METADATA_KEY: json.dumps(
+                {"model": str(args.model.resolve()), "input": where, "classes": list(bundle.metadata.classes)}
+            )
+        }
+    )
+    check_output(args.output, args.overwrite)  # nobody wrote it meanwhile
+    write_table_atomic(args.output, table)
+
+    summary: dict[str, Any] = {
+        "patches": len(split),
+        "seconds": finished - started,
+        "startup_seconds": connected - started,
+        "inference_seconds": finished - connected,
+    }
+    if split.labels is not None:
+        index = {name: i for i, name in enumerate(bundle.metadata.classes)}
+        predicted = np.asarray([index[name] for name in table.column(PREDICTED_LABEL).to_pylist()])
+        metrics = classification_metrics(split.labels, predicted, list(bundle.metadata.classes))
+        summary.update(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
+        print(f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}")
+    print(
+        f"predicted {len(split)} patches in {summary['seconds']:.1f} s "
+        f"(Ray start-up {summary['startup_seconds']:.1f} s, inference {summary['inference_seconds']:.1f} s, "
+        f"{len(split) / summary['inference_seconds']:.0f} patches/s); wrote {args.output}",
+        flush=True,
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (2 for bad input, with one line on stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        predict(args)
+    except (BundleError, PatchFormatError, FileExistsError, ValueError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the importable module's main: Ray pickles a class defined in __main__ by value, torch globals and all, and
+    # that fails; ``workflows.predict.Predictor`` travels by reference and the actors import it.
+    from workflows import predict as _module
+
+    sys.exit(_module.main())
