@@ -46,13 +46,15 @@ class TrainingOutcome:
         result: Ray Train's result object.
         best_checkpoint: Folder of the checkpoint with the highest ``val_acc``, or None.
         best_metrics: The metrics reported with that checkpoint.
-        history: Every epoch's metrics, in order.
+        history: Every epoch's metrics (rank 0's), in order.
+        worker_metrics: Every epoch's metrics as each worker reported them (index = rank).
     """
 
     result: Any
     best_checkpoint: str | None
     best_metrics: dict[str, Any] | None
     history: list[dict[str, Any]]
+    worker_metrics: list[list[dict[str, Any]]]
 
 
 class _ForwardReports(ray.train.UserCallback):
@@ -63,7 +65,7 @@ class _ForwardReports(ray.train.UserCallback):
         self.acks = acks
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        self.reports.put((dict(metrics[0]), checkpoint.path if checkpoint is not None else None))
+        self.reports.put(([dict(m) for m in metrics], checkpoint.path if checkpoint is not None else None))
         try:
             self.acks.get(timeout=HANDOFF_TIMEOUT_S)
         except Empty:
@@ -140,6 +142,7 @@ def run_training(
         ),
     )
     history: list[dict[str, Any]] = []
+    worker_metrics: list[list[dict[str, Any]]] = []
     outcome: dict[str, Any] = {}
 
     def fit() -> None:
@@ -153,15 +156,16 @@ def run_training(
     try:
         while True:
             try:
-                metrics, checkpoint_path = reports.get(timeout=POLL_S)
+                per_worker, checkpoint_path = reports.get(timeout=POLL_S)
             except (Empty, stdlib_queue.Empty):
                 if not thread.is_alive():
                     break
                 continue
             try:
-                history.append(metrics)
+                worker_metrics.append(per_worker)
+                history.append(per_worker[0])
                 if on_report is not None:
-                    on_report(metrics, checkpoint_path)
+                    on_report(per_worker[0], checkpoint_path)
             finally:
                 acks.put(True)
         thread.join()
@@ -175,4 +179,4 @@ def run_training(
     if result.best_checkpoints:
         checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1].get("val_acc", 0.0))
         best_checkpoint = checkpoint.path
-    return TrainingOutcome(result, best_checkpoint, best_metrics, history)
+    return TrainingOutcome(result, best_checkpoint, best_metrics, history, worker_metrics)
