@@ -43,15 +43,6 @@ def files(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A private two-CPU cluster in this process; predict.py uses it instead of joining anyone else's."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    yield
-    ray.shutdown()
-
-
 def reference(checkpoint: Path, split: PatchSplit) -> np.ndarray:
     """Probabilities of the checkpoint's model, in this process, without the bundle or Ray."""
     state = load_checkpoint(checkpoint)
@@ -65,7 +56,8 @@ def assert_error(code: int, stderr: str, *fragments: str) -> None:
         assert fragment in stderr, stderr
 
 
-# Subprocess runs first: the in-process cluster below is started only after them, so the two never share the CPUs.
+# Subprocess runs first: the in-process cluster (the ray_cluster fixture of tests/conftest.py) is started only
+# after them, so the two never share the CPUs.
 
 
 @pytest.mark.slow
