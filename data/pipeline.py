@@ -107,6 +107,7 @@ class D4Collate:
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+        """Tensors ``pixels`` (B, C, H, W), each patch moved by its own random D4 element, and ``label`` (B,)."""
         import torch
 
         pixels = np.asarray(batch[PIXELS_COLUMN], dtype=np.float32)  # (B, C, H, W)

@@ -1,0 +1,98 @@
+"""PBT end to end: a diverging member is replaced by a copy of a healthy one and carries on from its checkpoint."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workflows.config import GRAD_CLIP, LR
+from workflows.pbt import CLIP_CHOICES, initial_population
+from workflows.tune import build_parser, run, size_members
+
+REPO = Path(__file__).resolve().parents[2]
+DIVERGING_LR = 3.0
+
+
+def test_initial_population_spans_stable_and_unstable():
+    members = initial_population(4, (3e-4, 3.0), unstable=True)
+    assert members[0][LR] == pytest.approx(3e-4) and members[-1][LR] == pytest.approx(3.0)
+    assert members[0][GRAD_CLIP] is not None and members[-1][GRAD_CLIP] is None
+    assert all(m[GRAD_CLIP] is not None for m in initial_population(4, (3e-4, 3.0), unstable=False))
+
+
+def test_members_are_sized_to_the_cluster():
+    assert size_members(2, 4, 1, None) == (0.45, 4)
+    assert size_members(2, 2, 1, None) == (0.95, 2)
+    assert size_members(8, 4, 1, None) == (1, 4)
+    share, concurrent = size_members(2, 8, 2, None)
+    assert concurrent * 2 * share <= 2
+
+
+@pytest.fixture(scope="module")
+def experiment(ray_cluster, tmp_path_factory):
+    results = tmp_path_factory.mktemp("pbt") / "exp"
+    args = build_parser().parse_args(
+        [
+            "--population", "2",
+            "--epochs", "6",
+            "--perturbation-interval", "2",
+            "--channels", "16",
+            "--initial-lr-range", "0.002", str(DIVERGING_LR),
+            "--results", str(results),
+        ]
+    )  # fmt: skip
+    metrics = run(args)
+    return results, metrics, json.loads((results / "pbt.json").read_text())
+
+
+@pytest.mark.slow
+def test_diverging_member_is_exploited_and_continues_from_the_donor(experiment):
+    _, _, pbt = experiment
+    trials = pbt["trials"]
+    assert len(trials) == 2
+    (bad_id, bad), (good_id, good) = sorted(trials.items(), key=lambda item: -item[1]["initial_config"][LR])
+    assert bad["initial_config"][LR] == pytest.approx(DIVERGING_LR)
+    assert any(row["diverged"] for row in bad["history"]), "the unstable member should diverge first"
+    assert bad["exploits"], "the diverged member was never exploited"
+    exploit = bad["exploits"][0]
+    assert exploit["donor"] == good_id
+    after = bad["history"][exploit["report_index"]]
+    # Continues the donor's epoch count...
+    assert after["epoch"] == exploit["donor_epoch"] + 1
+    # ...and its accuracy, rather than starting from scratch (chance is 1/7).
+    donor_row = next(row for row in good["history"] if row["epoch"] == exploit["donor_epoch"])
+    assert after["val_acc"] > 0.3
+    assert abs(after["val_acc"] - donor_row["val_acc"]) < 0.2
+    # With the mutated settings, not the diverging ones.
+    assert after[LR] != pytest.approx(DIVERGING_LR) and after[LR] < 0.1
+    assert after[GRAD_CLIP] in CLIP_CHOICES
+    # And ends healthy.
+    assert not bad["final"]["diverged"]
+    assert all(not t["final"]["diverged"] for t in trials.values())
+
+
+@pytest.mark.slow
+def test_experiment_writes_metrics_bundle_and_report(experiment):
+    results, metrics, pbt = experiment
+    assert metrics["accuracy"] > 0.3
+    saved = json.loads((results / "test_metrics.json").read_text())
+    assert set(saved) >= {"accuracy", "macro_f1", "kappa", "per_class", "confusion_matrix", "class_names"}
+    assert (results / "bundle" / "weights.pt").is_file()
+    assert (results / "report" / "report.json").is_file()
+    assert list((results / "report").glob("*.png"))
+    assert pbt["best_trial"] in pbt["trials"]
+    assert not (results / "train_runs").exists()
+
+
+def test_bad_flags_give_one_line_errors(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "workflows/tune.py", "--population", "1", "--results", str(tmp_path / "x")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert "--population" in done.stderr and done.stderr.strip().count("\n") == 0

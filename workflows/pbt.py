@@ -1,0 +1,171 @@
+"""Population-based training over ``lr`` and ``grad_clip``: the Tune trial function and the scheduler we run.
+
+Ray 2.60's ``TorchTrainer`` is Train V2 and cannot be handed to a ``Tuner``; each PBT member is a Tune function
+that launches a ``TorchTrainer`` (:func:`workflows.launch.run_training`) and forwards every epoch's metrics and
+checkpoint to Tune. When PBT exploits, Tune restarts the member with the donor's checkpoint
+(``ray.tune.get_checkpoint()``); the member passes it to the trainer, whose workers load model and optimizer state
+and then apply the member's *mutated* ``lr`` and ``grad_clip``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import tune
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+from data.format import PatchMetadata
+from data.pipeline import BandStats
+from workflows.config import GRAD_CLIP, LR, TrainConfig
+from workflows.launch import run_training, unique_run_name
+
+log = logging.getLogger(__name__)
+
+METRIC = "val_acc"
+MODE = "max"
+TIME_ATTR = "epoch"
+# Written into each checkpoint the member forwards, so a member that is restarted from it knows its donor.
+OWNER_FILE = "owner.json"
+# Clipping norms PBT may move between; "off" is not among them, so a member that recovers keeps clipping.
+CLIP_CHOICES = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
+# Learning rates a resampled member draws from: the range where AdamW trains this network stably.
+MUTATION_LR_RANGE = (1e-4, 1e-2)
+# Default initial population: geometric learning rates from stable to well past divergence.
+INITIAL_LR_RANGE = (3e-4, 3.0)
+
+
+def initial_population(size: int, lr_range: tuple[float, float], unstable: bool) -> list[dict[str, Any]]:
+    """The members' starting ``lr`` and ``grad_clip``, deterministic.
+
+    Args:
+        size: Number of members.
+        lr_range: Smallest and largest initial learning rate (spaced geometrically).
+        unstable: Whether the largest learning rates also start without clipping, so some members diverge and
+            recovery is visible; otherwise every member clips.
+    """
+    low, high = lr_range
+    lrs = np.geomspace(low, high, size) if size > 1 else np.array([math.sqrt(low * high)])
+    members = []
+    for index, lr in enumerate(lrs):
+        clip = CLIP_CHOICES[index % len(CLIP_CHOICES)]
+        if unstable and index >= size / 2:
+            clip = None  # the seed's setting: large steps and no clipping
+        members.append({LR: float(lr), GRAD_CLIP: clip})
+    return members
+
+
+class RecoveringPBT(PopulationBasedTraining):
+    """Stock asynchronous PBT with two changes that matter for members that each run a ``TorchTrainer``.
+
+    1. A perturbation point never *pauses* a member just because others are pending: every pause would tear down
+       and restart a whole Train run (tens of seconds here). The member continues; concurrency is sized so that
+       members do not wait for CPUs.
+    2. A donor always has a checkpoint. Stock PBT remembers a checkpoint only for members that were in the upper
+       quantile at their *own* last perturbation point, so an exploit could find none and be skipped ("no
+       checkpoint ... Skip exploit"), leaving a diverged member running. Here a donor without one falls back to
+       its latest reported checkpoint.
+    """
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        """PBT's decision, with PAUSE turned into CONTINUE."""
+        decision = super().on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if decision == TrialScheduler.PAUSE else decision
+
+    def _checkpoint_or_exploit(self, trial: Any, tune_controller: Any, upper_quantile: list, lower_quantile: list):
+        for donor in upper_quantile:
+            state = self._trial_state[donor]
+            if state.last_checkpoint is None and donor.checkpoint is not None:
+                state.last_checkpoint = donor.checkpoint
+        return super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)
+
+
+def make_scheduler(
+    perturbation_interval: int,
+    seed: int,
+    metric: str = METRIC,
+    mode: str = MODE,
+    lr_range: tuple[float, float] = MUTATION_LR_RANGE,
+) -> RecoveringPBT:
+    """The PBT scheduler over ``lr`` (log scale) and ``grad_clip``, perturbing every ``perturbation_interval``."""
+    import random
+
+    random.seed(seed)  # PBT draws donors and mutations from the module-level random state
+    return RecoveringPBT(
+        time_attr=TIME_ATTR,
+        metric=metric,
+        mode=mode,
+        perturbation_interval=perturbation_interval,
+        quantile_fraction=0.25,
+        resample_probability=0.25,
+        hyperparam_mutations={LR: tune.loguniform(*lr_range), GRAD_CLIP: list(CLIP_CHOICES)},
+    )
+
+
+def _owner(checkpoint_dir: str) -> dict[str, Any]:
+    path = Path(checkpoint_dir) / OWNER_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def trial_function(
+    config: dict[str, Any],
+    base: dict[str, Any],
+    metadata_json: str,
+    stats: dict[str, Any],
+    datasets: dict[str, Any],
+    storage_path: str,
+) -> None:
+    """One PBT member: launch a ``TorchTrainer`` (from the donor's checkpoint after an exploit) and forward reports.
+
+    Args:
+        config: The member's Tune config; ``lr`` and ``grad_clip`` override ``base``.
+        base: The shared :class:`TrainConfig` dict.
+        metadata_json: The dataset's metadata.
+        stats: Band statistics of the training split.
+        datasets: The materialised Ray datasets, shared by all members.
+        storage_path: Where the members' Train runs keep their own checkpoints.
+    """
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
+    clip = config.get(GRAD_CLIP)
+    cfg = TrainConfig.from_dict({**base, LR: float(config[LR]), GRAD_CLIP: float(clip) if clip else None})
+    start = tune.get_checkpoint()
+    resume_from, donor = None, {}
+    if start is not None:
+        resume_from = start.path
+        donor = _owner(start.path)
+        log.info("member %s starts from %s's checkpoint at epoch %s", trial_id, donor.get("trial"), donor.get("epoch"))
+    first = {"value": True}
+
+    def forward(metrics: dict[str, Any], checkpoint_path: str | None) -> None:
+        metrics = dict(metrics, trial_id=trial_id)
+        metrics["exploited_from"] = donor.get("trial", "") if first["value"] else ""
+        metrics["restored_epoch"] = int(donor.get("epoch", 0)) if first["value"] else 0
+        first["value"] = False
+        if checkpoint_path and Path(checkpoint_path).is_dir():
+            (Path(checkpoint_path) / OWNER_FILE).write_text(json.dumps({"trial": trial_id, "epoch": metrics["epoch"]}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_path))
+        else:
+            tune.report(metrics)
+
+    outcome_dir = Path(storage_path)
+    run_training(
+        cfg,
+        PatchMetadata.from_json(metadata_json),
+        BandStats.from_dict(stats),
+        datasets,
+        outcome_dir,
+        unique_run_name(f"member-{trial_id}"),
+        resume_from=resume_from,
+        on_report=forward,
+    )
+
+
+def remove_train_runs(storage_path: str | Path) -> None:
+    """Delete the members' own Train run folders (Tune keeps copies of the checkpoints it needs)."""
+    shutil.rmtree(storage_path, ignore_errors=True)

@@ -1,0 +1,370 @@
+"""The main job: population-based training of the ResNet over lr and grad_clip, then test, bundle and report.
+
+Run it on a local Ray cluster as a Ray job (the dashboard at http://127.0.0.1:8265 shows the members):
+    ray start --head
+    ray job submit -- python workflows/tune.py
+
+Results land in one folder per experiment (``--results``, default ``results/tune-<time>`` under the directory the
+job runs in): ``test_metrics.json``, ``pbt.json``, ``bundle/``, ``report/`` (JSON and PNG plots) and ``tune/`` (Ray
+Tune's own records, used by ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from data import DEFAULT_DATASET_DIR
+from data.format import PatchFormatError, read_dataset
+from data.pipeline import build_ray_datasets, compute_band_stats
+from workflows.bundle import export_bundle
+from workflows.cluster import cluster_cpus, cluster_gpus, connect
+from workflows.config import GRAD_CLIP, LR, OPTIMIZERS, TrainConfig
+from workflows.evaluate import TEST_METRICS_FILE, evaluate_checkpoint, format_metrics_table, write_json_atomic
+from workflows.pbt import (
+    INITIAL_LR_RANGE,
+    METRIC,
+    MODE,
+    initial_population,
+    make_scheduler,
+    remove_train_runs,
+    trial_function,
+)
+from workflows.report import format_summary, write_report
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = TrainConfig()
+EXPERIMENT_FILE = "experiment.json"
+PBT_FILE = "pbt.json"
+TUNE_DIR = "tune"
+TRAIN_RUNS_DIR = "train_runs"
+BUNDLE_DIR = "bundle"
+REPORT_DIR = "report"
+# Smallest CPU share a member's worker gets; below it a member would crawl.
+MIN_CPUS_PER_WORKER = 0.25
+# The Tune function only waits on its TorchTrainer; it must still ask for some CPU (zero is refused).
+TRIAL_FUNCTION_CPUS = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneDefaults:
+    """Defaults of the PBT experiment, with the reason for each."""
+
+    population: int = 4  # one member can diverge and be replaced while three others train
+    epochs: int = 30  # enough for the default dataset to plateau at the PBT learning rates
+    perturbation_interval: int = 5  # epochs between exploit/explore steps (and checkpoints)
+    workers_per_trial: int = 1  # a 2-CPU laptop runs members side by side rather than workers
+    seed: int = 0
+
+
+TUNE_DEFAULTS = TuneDefaults()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags of the PBT experiment; defaults come from :class:`TuneDefaults` and :class:`TrainConfig`."""
+    parser = argparse.ArgumentParser(
+        description="Population-based training of the fixed ResNet over learning rate and gradient clipping. "
+        "Members that diverge are replaced by copies of healthy ones with mutated settings. Afterwards the best "
+        "member is evaluated on the test split and exported as a model bundle, with a JSON and PNG report.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    io = parser.add_argument_group("data and output")
+    io.add_argument("--data", type=Path, default=DEFAULT_DATASET_DIR, help="dataset folder (train/val/test.parquet)")
+    io.add_argument(
+        "--results", default=None, help="experiment folder, a path or a URI Ray accepts (default results/tune-<time>)"
+    )
+    io.add_argument("--resume", action="store_true", help="continue the interrupted experiment in --results")
+    io.add_argument("--overwrite", action="store_true", help="allow a results folder that already has results")
+    pbt = parser.add_argument_group("population-based training")
+    pbt.add_argument("--population", type=int, default=TUNE_DEFAULTS.population, help="members")
+    pbt.add_argument("--epochs", type=int, default=TUNE_DEFAULTS.epochs, help="epochs per member")
+    pbt.add_argument(
+        "--perturbation-interval",
+        type=int,
+        default=TUNE_DEFAULTS.perturbation_interval,
+        help="epochs between exploit/explore steps; members checkpoint on the same cadence",
+    )
+    pbt.add_argument(
+        "--initial-lr-range",
+        type=float,
+        nargs=2,
+        default=INITIAL_LR_RANGE,
+        metavar=("LOW", "HIGH"),
+        help="initial learning rates, spaced geometrically over the members",
+    )
+    pbt.add_argument(
+        "--stable-start",
+        action="store_true",
+        help="start every member with clipping (by default the upper half starts unclipped, and some diverge)",
+    )
+    pbt.add_argument("--metric", default=METRIC, help="metric PBT ranks members by")
+    pbt.add_argument("--mode", choices=("max", "min"), default=MODE, help="whether --metric is maximised")
+    pbt.add_argument("--seed", type=int, default=TUNE_DEFAULTS.seed)
+    pbt.add_argument("--smoke-test", action="store_true", help="2 members, 4 epochs, small network: a quick check")
+    train = parser.add_argument_group("training (shared by all members)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer)
+    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    train.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
+    train.add_argument("--label-smoothing", type=float, default=DEFAULTS.label_smoothing)
+    train.add_argument("--channels", type=int, default=DEFAULTS.channels, help="network width")
+    ray_group = parser.add_argument_group("Ray")
+    ray_group.add_argument("--workers-per-trial", type=int, default=TUNE_DEFAULTS.workers_per_trial)
+    ray_group.add_argument(
+        "--cpus-per-worker", type=float, default=None, help="default: the cluster's CPUs shared by all members"
+    )
+    ray_group.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    ray_group.add_argument("--address", default=None, help="Ray cluster (default: running cluster or new local)")
+    ray_group.add_argument("--num-cpus", type=int, default=None, help="CPUs of a new local cluster")
+    return parser
+
+
+def _apply_smoke_test(args: argparse.Namespace) -> None:
+    args.population, args.epochs, args.perturbation_interval, args.channels = 2, 4, 2, 16
+
+
+def _validate(args: argparse.Namespace) -> None:
+    problems = []
+    if args.population < 2:
+        problems.append(f"--population must be at least 2, got {args.population}")
+    if args.perturbation_interval < 1 or args.perturbation_interval > args.epochs:
+        problems.append(f"--perturbation-interval must lie in 1..--epochs ({args.epochs})")
+    low, high = args.initial_lr_range
+    if not 0 < low <= high:
+        problems.append(f"--initial-lr-range needs 0 < LOW <= HIGH, got {low} {high}")
+    if args.workers_per_trial < 1:
+        problems.append("--workers-per-trial must be at least 1")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def size_members(cpus: float, population: int, workers: int, requested: float | None) -> tuple[float, int]:
+    """CPUs per worker and concurrent members, so that members never wait for each other's CPUs.
+
+    Returns:
+        The CPU share of each worker and how many members run at once.
+    """
+    free = cpus - population * TRIAL_FUNCTION_CPUS  # each member's Tune function holds a sliver too
+    share = requested or max(MIN_CPUS_PER_WORKER, free / (population * workers))
+    share = math.floor(share) if share >= 1 else math.floor(share * 20) / 20
+    concurrent = max(1, min(population, int(free / (workers * share) + 1e-6)))
+    return share, concurrent
+
+
+def _results_folder(args: argparse.Namespace) -> Path:
+    if args.results:
+        return Path(args.results).resolve()
+    return (Path("results") / time.strftime("tune-%Y%m%d-%H%M%S")).resolve()
+
+
+def build_pbt_record(result_grid: Any, args: argparse.Namespace, best_trial: str) -> dict[str, Any]:
+    """The per-member record of ``pbt.json``: configs over time, exploits (donor and epoch), final metrics."""
+    keep = ("epoch", LR, GRAD_CLIP, "val_acc", "val_loss", "val_macro_f1", "train_loss", "diverged")
+    keep += ("exploited_from", "restored_epoch", "skipped_steps", "grad_norm_mean")
+    trials: dict[str, Any] = {}
+    for result in result_grid:
+        frame = result.metrics_dataframe
+        if frame is None or frame.empty:
+            continue
+        rows = frame.to_dict("records")
+        trial_id = str(rows[-1].get("trial_id"))
+        history = [{k: _plain(row.get(k)) for k in keep} for row in rows]
+        exploits = [
+            {
+                "report_index": i,
+                "donor": row["exploited_from"],
+                "donor_epoch": int(row["restored_epoch"]),
+                LR: row[LR],
+                GRAD_CLIP: row[GRAD_CLIP],
+            }
+            for i, row in enumerate(history)
+            if row.get("exploited_from")
+        ]
+        trials[trial_id] = {
+            "initial_config": {LR: history[0][LR], GRAD_CLIP: history[0][GRAD_CLIP]},
+            "final_config": {LR: history[-1][LR], GRAD_CLIP: history[-1][GRAD_CLIP]},
+            "history": history,
+            "exploits": exploits,
+            "final": {k: history[-1][k] for k in ("epoch", "val_acc", "val_loss", "diverged")},
+        }
+    return {
+        "metric": args.metric,
+        "mode": args.mode,
+        "population": args.population,
+        "epochs": args.epochs,
+        "perturbation_interval": args.perturbation_interval,
+        "best_trial": best_trial,
+        "trials": trials,
+    }
+
+
+def _plain(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return "" if value == "nan" else value
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return ""  # an empty string column read back as NaN
+    return value
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run (or resume) the experiment and write its outputs; returns the test metrics of the best member.
+
+    Raises:
+        PatchFormatError: The dataset is invalid.
+        ValueError: A flag has an impossible value.
+        FileExistsError: The results folder already holds results and neither --resume nor --overwrite was given.
+    """
+    results = _results_folder(args)
+    if args.resume:
+        saved = results / EXPERIMENT_FILE
+        if not saved.is_file():
+            raise ValueError(f"{results}: nothing to resume (no {EXPERIMENT_FILE}); start without --resume")
+        for key, value in json.loads(saved.read_text()).items():
+            if key not in ("resume", "results", "address", "num_cpus"):
+                setattr(args, key, value)
+        args.data = Path(args.data)
+    else:
+        if args.smoke_test:
+            _apply_smoke_test(args)
+        if (results / TUNE_DIR).exists() and not args.overwrite:
+            raise FileExistsError(f"{results}: already holds an experiment; pass --resume, --overwrite or --results")
+    _validate(args)
+
+    dataset = read_dataset(args.data)
+    stats = compute_band_stats(dataset.train.pixels)
+    connect(args.address, args.num_cpus)
+    if args.gpu and cluster_gpus() < args.workers_per_trial:
+        raise ValueError(f"--gpu needs {args.workers_per_trial} GPUs per member; the cluster has {cluster_gpus():.0f}")
+    share, concurrent = size_members(cluster_cpus(), args.population, args.workers_per_trial, args.cpus_per_worker)
+    base = TrainConfig(
+        optimizer=args.optimizer,
+        batch_size=args.batch_size,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        channels=args.channels,
+        epochs=args.epochs,
+        seed=args.seed,
+        num_workers=args.workers_per_trial,
+        cpus_per_worker=share,
+        use_gpu=args.gpu,
+        checkpoint_every=args.perturbation_interval,
+        # Members keep every checkpoint until Tune has copied it; the run folders are removed at the end.
+        keep_checkpoints=max(2, args.epochs // args.perturbation_interval + 1),
+    )
+    results.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        body = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        write_json_atomic(results / EXPERIMENT_FILE, body)
+    print(
+        f"PBT: {args.population} members x {args.epochs} epochs, perturbation every {args.perturbation_interval}, "
+        f"{concurrent} at a time, {args.workers_per_trial} worker(s) x {share:g} CPU each; "
+        f"data {args.data} ({len(dataset.train)} train patches); results {results}",
+        flush=True,
+    )
+
+    datasets = build_ray_datasets(dataset, stats)
+    train_runs = results / TRAIN_RUNS_DIR
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            trial_function,
+            base=base.to_dict(),
+            metadata_json=dataset.metadata.to_json(),
+            stats=stats.to_dict(),
+            datasets=datasets,
+            storage_path=str(train_runs),
+        ),
+        {"cpu": TRIAL_FUNCTION_CPUS},
+    )
+    if args.resume:
+        tuner = tune.Tuner.restore(str(results / TUNE_DIR), trainable=trainable, resume_errored=True)
+    else:
+        members = initial_population(args.population, tuple(args.initial_lr_range), unstable=not args.stable_start)
+        scheduler = make_scheduler(args.perturbation_interval, args.seed, args.metric, args.mode)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={
+                "member": tune.grid_search(list(range(args.population))),
+                LR: tune.sample_from(lambda spec: members[spec.config["member"]][LR]),
+                GRAD_CLIP: tune.sample_from(lambda spec: members[spec.config["member"]][GRAD_CLIP]),
+            },
+            tune_config=tune.TuneConfig(
+                scheduler=scheduler,
+                max_concurrent_trials=concurrent,
+                reuse_actors=False,  # an exploited member must take its TorchTrainer down with its actor
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR,
+                storage_path=str(results),
+                # Keep every member checkpoint: with a limit, Tune deleted a donor's checkpoint between PBT's
+                # exploit decision and the clone's restart, and the clone failed to restore.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                failure_config=tune.FailureConfig(max_failures=1),
+            ),
+        )
+    started = time.perf_counter()
+    grid = tuner.fit()
+    elapsed = time.perf_counter() - started
+    errors = [str(e).splitlines()[0] for e in grid.errors]
+    best = grid.get_best_result(metric=args.metric, mode=args.mode, scope="last", filter_nan_and_inf=True)
+    if best.checkpoint is None:
+        raise RuntimeError(f"no member left a checkpoint; errors: {errors or 'none'}")
+    best_trial = str(best.metrics.get("trial_id"))
+    with best.checkpoint.as_directory() as checkpoint_dir:
+        metrics = evaluate_checkpoint(checkpoint_dir, dataset.test)
+        metrics.update(best_trial=best_trial, best_config={LR: best.config[LR], GRAD_CLIP: best.config[GRAD_CLIP]})
+        metrics["wall_seconds"] = elapsed
+        write_json_atomic(results / TEST_METRICS_FILE, metrics)
+        export_bundle(
+            checkpoint_dir,
+            results / BUNDLE_DIR,
+            extra={"test_metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "kappa")}, "trial": best_trial},
+            overwrite=True,
+        )
+    record = build_pbt_record(grid, args, best_trial)
+    write_json_atomic(results / PBT_FILE, record)
+    written = write_report(record, metrics, results / REPORT_DIR)
+    remove_train_runs(train_runs)
+
+    diverged = sum(1 for t in record["trials"].values() if t["final"]["diverged"])
+    exploits = sum(len(t["exploits"]) for t in record["trials"].values())
+    print(format_summary(record))
+    print(f"members diverged at the end: {diverged} of {len(record['trials'])}; exploits: {exploits}")
+    print(f"best member {best_trial} (lr {best.config[LR]:.3g}, grad_clip {best.config[GRAD_CLIP]})")
+    print(format_metrics_table(metrics))
+    print(f"wall time {elapsed:.0f} s")
+    if errors:
+        print(f"members that failed: {len(errors)}: {errors[0]}")
+    for name in (TEST_METRICS_FILE, PBT_FILE, BUNDLE_DIR):
+        print(f"wrote {results / name}")
+    for path in written.values():
+        print(f"wrote {path}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (PatchFormatError, ValueError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
