@@ -17,8 +17,9 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard_h
     """Initialise Ray once for this process.
 
     Args:
-        address: Cluster address (``auto``, ``ray://…`` or ``host:port``); None joins the cluster named by
-            ``RAY_ADDRESS`` (set inside ``ray job submit``) or a local ``ray start`` cluster, else starts one.
+        address: Cluster address (``auto``, ``ray://…`` or ``host:port``), or ``local`` for a new private
+            cluster; None joins the cluster named by ``RAY_ADDRESS`` (set inside ``ray job submit``) or a local
+            ``ray start`` cluster, else starts one.
         num_cpus: CPUs of a newly started local cluster (ignored when joining one).
         dashboard_host: Interface a newly started local dashboard binds to.
     """
@@ -26,14 +27,17 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard_h
         return
     address = address or os.environ.get("RAY_ADDRESS")
     quiet = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
-    if address:
+    start_local = {"num_cpus": num_cpus, "include_dashboard": True, "dashboard_host": dashboard_host, **quiet}
+    if address == "local":
+        ray.init(**start_local)
+    elif address:
         ray.init(address=address, **quiet)
-        return
-    try:
-        ray.init(address="auto", **quiet)
-        log.info("joined the running Ray cluster")
-    except ConnectionError:
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host, **quiet)
+    else:
+        try:
+            ray.init(address="auto", **quiet)
+            log.info("joined the running Ray cluster")
+        except ConnectionError:
+            ray.init(**start_local)
     _quiet_ray_data()
 
 

@@ -101,7 +101,9 @@ def make_scheduler(
         metric=metric,
         mode=mode,
         perturbation_interval=perturbation_interval,
-        quantile_fraction=0.25,
+        # Half the population: with 4 members, one slow-to-recover member could otherwise hold the single
+        # bottom slot while another stuck member was never compared against it.
+        quantile_fraction=0.5,
         resample_probability=0.25,
         hyperparam_mutations={LR: tune.loguniform(*lr_range), GRAD_CLIP: list(CLIP_CHOICES)},
     )

@@ -17,6 +17,7 @@ from typing import Any
 from data import DEFAULT_DATASET_DIR
 from data.format import PatchFormatError, read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
+from workflows.bundle import export_bundle
 from workflows.cluster import cluster_gpus, connect
 from workflows.config import OPTIMIZERS, TrainConfig
 from workflows.evaluate import TEST_METRICS_FILE, evaluate_checkpoint, format_metrics_table, write_json_atomic
@@ -24,6 +25,7 @@ from workflows.launch import run_training, unique_run_name
 
 DEFAULTS = TrainConfig()
 HISTORY_FILE = "history.json"
+BUNDLE_DIR = "bundle"
 
 
 def _clip(text: str) -> float | None:
@@ -35,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Flags for one training run; defaults come from :class:`TrainConfig`."""
     parser = argparse.ArgumentParser(
         description="Train the fixed ResNet on a patch dataset with Ray Train, then evaluate the best checkpoint "
-        "(by validation accuracy) on the test split. Writes test_metrics.json and history.json to --results.",
+        "(by validation accuracy) on the test split. Writes test_metrics.json, history.json and the model bundle "
+        "(bundle/, for workflows/predict.py) to --results.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data and output")
@@ -126,9 +129,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     metrics["checkpoint"] = outcome.best_checkpoint
     metrics["train_config"] = cfg.to_dict()
     write_json_atomic(results / TEST_METRICS_FILE, metrics)
+    summary = {k: metrics[k] for k in ("accuracy", "macro_f1", "kappa")}
+    export_bundle(outcome.best_checkpoint, results / BUNDLE_DIR, extra={"test_metrics": summary}, overwrite=True)
     print(f"best checkpoint: epoch {metrics['checkpoint_epoch']} ({outcome.best_checkpoint})")
     print(format_metrics_table(metrics))
-    print(f"wrote {results / TEST_METRICS_FILE}")
+    print(f"wrote {results / TEST_METRICS_FILE} and the model bundle {results / BUNDLE_DIR}")
     return metrics
 
 

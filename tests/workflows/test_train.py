@@ -1,11 +1,14 @@
 """Ray Train runs of the ResNet: learning, checkpoints, resuming, divergence guards and global metrics."""
 
 import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from ray.util.state import list_actors
 
 from data import DEFAULT_DATASET_DIR
 from data.format import read_dataset
@@ -98,6 +101,33 @@ def test_diverging_configuration_reports_finite_values_and_the_flag(default_data
 
 
 @pytest.mark.slow
+def test_killed_worker_resumes_from_the_last_checkpoint(default_data, tmp_path):
+    """A worker process killed after epoch 2 is replaced; the run resumes from its checkpoint and completes."""
+    dataset, stats, datasets = default_data
+    cfg = TrainConfig(epochs=4, **FAST)
+    killed = []
+
+    def kill_a_worker(metrics, checkpoint):
+        if metrics["epoch"] == 2 and not killed:
+            workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+            killed.append(workers[0].pid)
+            os.kill(workers[0].pid, signal.SIGKILL)
+
+    outcome = run_training(
+        cfg, dataset.metadata, stats, datasets, tmp_path, unique_run_name("f"), max_failures=1, on_report=kill_a_worker
+    )
+    assert killed, "no worker was killed"
+    epochs = [m["epoch"] for m in outcome.history]
+    assert epochs[-1] == cfg.epochs
+    assert sorted(set(epochs)) == list(range(1, cfg.epochs + 1))
+    # Resumed from epoch 2's checkpoint: the epoch after the restart is 3, not 1.
+    restart = next(i for i in range(1, len(epochs)) if epochs[i] <= epochs[i - 1]) if len(epochs) > 4 else None
+    if restart is not None:
+        assert epochs[restart] == 3
+    assert load_checkpoint(outcome.best_checkpoint)["epoch"] >= 2
+
+
+@pytest.mark.slow
 def test_train_cli_writes_test_metrics(tmp_path):
     results = tmp_path / "run"
     command = [sys.executable, "workflows/train.py", "--epochs", "2", "--channels", "16", "--results", str(results)]
@@ -109,6 +139,7 @@ def test_train_cli_writes_test_metrics(tmp_path):
     metrics = json.loads((results / "test_metrics.json").read_text())
     assert set(metrics) >= {"accuracy", "macro_f1", "kappa", "per_class", "confusion_matrix", "class_names"}
     assert len(metrics["confusion_matrix"]) == len(metrics["class_names"])
+    assert (results / "bundle" / "weights.pt").is_file() and (results / "bundle" / "bundle.json").is_file()
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 2 and "already holds" in again.stderr
 
