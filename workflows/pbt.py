@@ -32,6 +32,7 @@ MODE = "max"
 TIME_ATTR = "epoch"
 # Written into each checkpoint the member forwards, so a member that is restarted from it knows its donor.
 OWNER_FILE = "owner.json"
+MEMBER_LOG_SUFFIX = ".jsonl"
 # Clipping norms PBT may move between; "off" is not among them, so a member that recovers keeps clipping.
 CLIP_CHOICES = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
 # Learning rates a resampled member draws from: the range where AdamW trains this network stably.
@@ -121,6 +122,7 @@ def trial_function(
     stats: dict[str, Any],
     datasets: dict[str, Any],
     storage_path: str,
+    log_dir: str,
 ) -> None:
     """One PBT member: launch a ``TorchTrainer`` (from the donor's checkpoint after an exploit) and forward reports.
 
@@ -131,6 +133,7 @@ def trial_function(
         stats: Band statistics of the training split.
         datasets: The materialised Ray datasets, shared by all members.
         storage_path: Where the members' Train runs keep their own checkpoints.
+        log_dir: Folder of the members' report logs (one JSON line per report, kept across exploits).
     """
     context = tune.get_context()
     trial_id = context.get_trial_id()
@@ -142,6 +145,8 @@ def trial_function(
         resume_from = start.path
         donor = _owner(start.path)
         log.info("member %s starts from %s's checkpoint at epoch %s", trial_id, donor.get("trial"), donor.get("epoch"))
+        if donor.get("trial") == trial_id:
+            donor = {}  # its own checkpoint: a resumed experiment or a retried failure, not an exploit
     first = {"value": True}
 
     def forward(metrics: dict[str, Any], checkpoint_path: str | None) -> None:
@@ -149,6 +154,9 @@ def trial_function(
         metrics["exploited_from"] = donor.get("trial", "") if first["value"] else ""
         metrics["restored_epoch"] = int(donor.get("epoch", 0)) if first["value"] else 0
         first["value"] = False
+        # Tune rewrites a member's result history when it restores a donor's checkpoint; this log keeps it all.
+        with open(Path(log_dir) / f"{trial_id}{MEMBER_LOG_SUFFIX}", "a") as log_file:
+            log_file.write(json.dumps(metrics) + "\n")
         if checkpoint_path and Path(checkpoint_path).is_dir():
             (Path(checkpoint_path) / OWNER_FILE).write_text(json.dumps({"trial": trial_id, "epoch": metrics["epoch"]}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_path))
@@ -166,6 +174,14 @@ def trial_function(
         resume_from=resume_from,
         on_report=forward,
     )
+
+
+def read_member_logs(log_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Every member's reports, in order, by trial id."""
+    return {
+        path.name.removesuffix(MEMBER_LOG_SUFFIX): [json.loads(line) for line in path.read_text().splitlines() if line]
+        for path in sorted(Path(log_dir).glob(f"*{MEMBER_LOG_SUFFIX}"))
+    }
 
 
 def remove_train_runs(storage_path: str | Path) -> None:

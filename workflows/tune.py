@@ -36,6 +36,7 @@ from workflows.pbt import (
     MODE,
     initial_population,
     make_scheduler,
+    read_member_logs,
     remove_train_runs,
     trial_function,
 )
@@ -48,12 +49,17 @@ EXPERIMENT_FILE = "experiment.json"
 PBT_FILE = "pbt.json"
 TUNE_DIR = "tune"
 TRAIN_RUNS_DIR = "train_runs"
+MEMBER_LOGS_DIR = "members"
 BUNDLE_DIR = "bundle"
 REPORT_DIR = "report"
 # Smallest CPU share a member's worker gets; below it a member would crawl.
 MIN_CPUS_PER_WORKER = 0.25
 # The Tune function only waits on its TorchTrainer; it must still ask for some CPU (zero is refused).
 TRIAL_FUNCTION_CPUS = 0.01
+
+
+class ExperimentInterrupted(RuntimeError):
+    """The experiment stopped (Ctrl+C / SIGINT) before every member finished; ``--resume`` continues it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,18 +172,15 @@ def _results_folder(args: argparse.Namespace) -> Path:
     return (Path("results") / time.strftime("tune-%Y%m%d-%H%M%S")).resolve()
 
 
-def build_pbt_record(result_grid: Any, args: argparse.Namespace, best_trial: str) -> dict[str, Any]:
+def build_pbt_record(member_logs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, best_trial: str) -> dict:
     """The per-member record of ``pbt.json``: configs over time, exploits (donor and epoch), final metrics."""
     keep = ("epoch", LR, GRAD_CLIP, "val_acc", "val_loss", "val_macro_f1", "train_loss", "diverged")
     keep += ("exploited_from", "restored_epoch", "skipped_steps", "grad_norm_mean")
     trials: dict[str, Any] = {}
-    for result in result_grid:
-        frame = result.metrics_dataframe
-        if frame is None or frame.empty:
+    for trial_id, rows in member_logs.items():
+        if not rows:
             continue
-        rows = frame.to_dict("records")
-        trial_id = str(rows[-1].get("trial_id"))
-        history = [{k: _plain(row.get(k)) for k in keep} for row in rows]
+        history = [{k: row.get(k) for k in keep} for row in rows]
         exploits = [
             {
                 "report_index": i,
@@ -205,18 +208,6 @@ def build_pbt_record(result_grid: Any, args: argparse.Namespace, best_trial: str
         "best_trial": best_trial,
         "trials": trials,
     }
-
-
-def _plain(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return "" if value == "nan" else value
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return ""  # an empty string column read back as NaN
-    return value
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -277,6 +268,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     datasets = build_ray_datasets(dataset, stats)
     train_runs = results / TRAIN_RUNS_DIR
+    member_logs = results / MEMBER_LOGS_DIR
+    member_logs.mkdir(parents=True, exist_ok=True)
     trainable = tune.with_resources(
         tune.with_parameters(
             trial_function,
@@ -285,6 +278,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stats=stats.to_dict(),
             datasets=datasets,
             storage_path=str(train_runs),
+            log_dir=str(member_logs),
         ),
         {"cpu": TRIAL_FUNCTION_CPUS},
     )
@@ -318,6 +312,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     grid = tuner.fit()
     elapsed = time.perf_counter() - started
     errors = [str(e).splitlines()[0] for e in grid.errors]
+    unfinished = [r for r in grid if r.error is None and (r.metrics or {}).get("epoch", 0) < args.epochs]
+    if unfinished:
+        raise ExperimentInterrupted(
+            f"{results}: interrupted with {len(unfinished)} member(s) unfinished; continue with "
+            f"python workflows/tune.py --resume --results {results}"
+        )
     best = grid.get_best_result(metric=args.metric, mode=args.mode, scope="last", filter_nan_and_inf=True)
     if best.checkpoint is None:
         raise RuntimeError(f"no member left a checkpoint; errors: {errors or 'none'}")
@@ -333,7 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             extra={"test_metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "kappa")}, "trial": best_trial},
             overwrite=True,
         )
-    record = build_pbt_record(grid, args, best_trial)
+    record = build_pbt_record(read_member_logs(member_logs), args, best_trial)
     write_json_atomic(results / PBT_FILE, record)
     written = write_report(record, metrics, results / REPORT_DIR)
     remove_train_runs(train_runs)
@@ -363,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PatchFormatError, ValueError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ExperimentInterrupted as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        return 130
     return 0
 
 

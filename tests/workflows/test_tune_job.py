@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -30,7 +31,15 @@ def test_ray_job_submit_runs_the_smoke_test(tmp_path):
             stderr=subprocess.STDOUT,
             text=True,
         )  # fmt: skip
-        with urllib.request.urlopen("http://127.0.0.1:8265/api/jobs/", timeout=30) as response:
+        # Ray 2.60 turns on token authentication: the dashboard answers, refuses strangers, admits the token.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen("http://127.0.0.1:8265/api/jobs/", timeout=30)
+        assert refused.value.code == 401
+        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+        request = urllib.request.Request(
+            "http://127.0.0.1:8265/api/jobs/", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200
         output, _ = submit.communicate(timeout=900)
         assert submit.returncode == 0, output[-3000:]

@@ -1,0 +1,49 @@
+"""An interrupted PBT experiment continues with --resume, without restarting its members from scratch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EPOCHS = 8
+
+
+@pytest.mark.slow
+def test_interrupted_experiment_resumes_from_member_checkpoints(tmp_path):
+    results = tmp_path / "exp"
+    common = ["--address", "local", "--num-cpus", "2", "--results", str(results)]
+    first = subprocess.Popen(
+        [sys.executable, "workflows/tune.py", "--population", "2", "--epochs", str(EPOCHS),
+         "--perturbation-interval", "2", "--channels", "16", "--stable-start", *common],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 480
+    while time.monotonic() < deadline and first.poll() is None:
+        # Both members have reported their second checkpoint (epoch 4): interrupt, as Ctrl+C would.
+        if len(list((results / "tune").glob("trial_function_*/checkpoint_000001"))) >= 2:
+            os.kill(first.pid, signal.SIGINT)
+            break
+        time.sleep(1)
+    output, _ = first.communicate(timeout=300)
+    assert first.returncode == 130, output[-3000:]
+    assert "--resume" in output
+    assert not (results / "test_metrics.json").exists()
+
+    resumed = subprocess.run(
+        [sys.executable, "workflows/tune.py", "--resume", *common],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    pbt = json.loads((results / "pbt.json").read_text())
+    assert len(pbt["trials"]) == 2
+    for trial in pbt["trials"].values():
+        epochs = [row["epoch"] for row in trial["history"]]
+        assert epochs[-1] == EPOCHS
+        assert epochs.count(1) == 1, f"a member restarted from scratch: {epochs}"
+    assert (results / "test_metrics.json").is_file()
