@@ -14,6 +14,8 @@ python -m pip install --quiet --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install --quiet torch==2.13.0
 python -m pip install --quiet -e ".[test]"
 
+# Ray 2.60 protects a new cluster with a token (~/.ray/auth_token); token mode makes the CLI send it.
+export RAY_AUTH_MODE=token
 if ! ray status >/dev/null 2>&1; then
   # Loopback only: the dashboard and job API run arbitrary code for anyone who can reach them.
   ray start --head --dashboard-host 127.0.0.1
