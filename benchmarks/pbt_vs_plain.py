@@ -1,0 +1,348 @@
+"""Print the wall time of the PBT main job (workflows/tune.py) beside the same schedule as a plain PyTorch loop.
+
+First the real job runs: ``workflows.tune.run`` with its default flags (``--quick``: ``--smoke-test``) on a local
+2-CPU Ray cluster that this script starts. Then the same members (``workflows.pbt.initial_population``), epochs,
+data, batch size and per-member ``lr``/``grad_clip`` train one after another in this process, without Ray, with the
+same health guards (``workflows.loop.train_epoch``) and a validation pass every epoch. PBT's exploits are replayed
+from the job's ``pbt.json``: before the epoch after an exploit, the member takes the donor's model and optimizer
+state at the donor epoch (kept on the checkpoint cadence, as Ray keeps checkpoints) and then its mutated ``lr``
+and ``grad_clip``, epoch for epoch as the job reported them. A member waits (another trains first) until its donor
+has reached the donor epoch. If the record cannot be replayed, the plain loop trains the initial settings without
+exploits and says so.
+
+Example:
+    python benchmarks/pbt_vs_plain.py                  # 4 members x 30 epochs, the job's defaults
+    python benchmarks/pbt_vs_plain.py --quick          # --smoke-test: 2 members x 4 epochs, small network
+    python benchmarks/pbt_vs_plain.py --results results/pbt-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from torch import nn
+
+from data.format import PatchDataset, read_dataset
+from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, D4Collate, compute_band_stats, normalise
+from workflows import tune as tune_job
+from workflows.config import GRAD_CLIP, LR, TrainConfig
+from workflows.evaluate import predict_probabilities
+from workflows.loop import (
+    EVAL_BATCH_SIZE,
+    apply_mutable,
+    build_model,
+    build_optimizer,
+    epoch_metrics,
+    evaluate_shard,
+    train_epoch,
+)
+from workflows.pbt import initial_population
+
+CPUS = 2  # the cluster this script starts, and the plain loop's torch threads
+TARGET_RATIO = 3.0  # the issue's target for Ray wall time / plain wall time...
+GOAL_RATIO = 2.0  # ...and its goal
+
+
+class ReplayError(ValueError):
+    """``pbt.json`` describes a schedule the plain loop cannot replay."""
+
+
+@dataclass
+class Row:
+    """One epoch a member trains: its number, settings, and the donor state to load first (if exploited)."""
+
+    epoch: int
+    lr: float
+    grad_clip: float | None
+    donor: str = ""
+    donor_epoch: int = 0
+
+
+@dataclass
+class Member:
+    """One member of the plain population: its schedule, model, optimizer and progress."""
+
+    name: str
+    rows: list[Row]
+    model: nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    done: int = 0
+    last: dict[str, Any] = field(default_factory=dict)
+
+
+def start_ray(cpus: int = CPUS) -> None:
+    """A new local Ray cluster of ``cpus`` CPUs for this script alone (never one that is already running)."""
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=True,  # Train's placement-group cleaner asks the state API whether its controller lives
+        dashboard_host="127.0.0.1",
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def _clip(value: Any) -> float | None:
+    return float(value) if value else None
+
+
+def schedule_from_record(record: dict[str, Any], members: list[dict[str, Any]]) -> list[Member]:
+    """Each member's epochs as the PBT job reported them, with its exploits.
+
+    Args:
+        record: The job's ``pbt.json``.
+        members: The initial population; the record's trials are matched to it by initial ``lr``.
+
+    Raises:
+        ReplayError: The record's trials do not match the population.
+    """
+    by_lr = {round(float(t["initial_config"][LR]), 12): (name, t) for name, t in record["trials"].items()}
+    schedule = []
+    for index, member in enumerate(members):
+        found = by_lr.get(round(member[LR], 12))
+        if found is None:
+            raise ReplayError(f"no trial in pbt.json started with member {index}'s lr {member[LR]:.4g}")
+        name, trial = found
+        rows = [
+            Row(int(h["epoch"]), float(h[LR]), _clip(h[GRAD_CLIP]), h.get("exploited_from") or "")
+            for h in trial["history"]
+        ]
+        for row, h in zip(rows, trial["history"], strict=True):
+            if row.donor:
+                row.donor_epoch = int(h["restored_epoch"])
+        schedule.append(Member(name, rows))
+    return schedule
+
+
+def initial_schedule(members: list[dict[str, Any]], epochs: int) -> list[Member]:
+    """Every member trains its initial settings for all epochs, without exploits."""
+    return [
+        Member(f"member-{i}", [Row(e, m[LR], m[GRAD_CLIP]) for e in range(1, epochs + 1)])
+        for i, m in enumerate(members)
+    ]
+
+
+def is_checkpoint_epoch(epoch: int, interval: int, epochs: int) -> bool:
+    """Whether the job keeps a checkpoint (a possible donor state) after this epoch."""
+    return epoch % interval == 0 or epoch == epochs
+
+
+def plan(schedule: list[Member], interval: int, epochs: int) -> list[tuple[int, int]]:
+    """The order to train (member index, row index): each member as far as it can, then the next.
+
+    A member stops when its next epoch needs a donor state that has not been trained yet.
+
+    Raises:
+        ReplayError: Some member waits for a donor state that never comes.
+    """
+    names = {m.name for m in schedule}
+    ready: set[tuple[str, int]] = set()
+    done = [0] * len(schedule)
+    order: list[tuple[int, int]] = []
+    while any(d < len(m.rows) for d, m in zip(done, schedule, strict=True)):
+        progressed = False
+        for index, member in enumerate(schedule):
+            while done[index] < len(member.rows):
+                row = member.rows[done[index]]
+                if row.donor:
+                    if row.donor not in names:
+                        raise ReplayError(f"{member.name} took its state from unknown trial {row.donor}")
+                    if (row.donor, row.donor_epoch) not in ready:
+                        break
+                order.append((index, done[index]))
+                if is_checkpoint_epoch(row.epoch, interval, epochs):
+                    ready.add((member.name, row.epoch))
+                done[index] += 1
+                progressed = True
+        if not progressed:
+            waiting = [
+                f"{m.name} for {m.rows[d].donor}@{m.rows[d].donor_epoch}"
+                for d, m in zip(done, schedule, strict=True)
+                if d < len(m.rows)
+            ]
+            raise ReplayError(f"the exploits wait on each other ({'; '.join(waiting)})")
+    return order
+
+
+def _train_batches(pixels: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> Any:
+    order = np.random.default_rng(seed).permutation(len(pixels))
+    collate = D4Collate(seed=seed)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        yield collate({PIXELS_COLUMN: pixels[rows], LABEL_COLUMN: labels[rows]})
+
+
+def _eval_batches(pixels: np.ndarray, labels: np.ndarray) -> Any:
+    for start in range(0, len(pixels), EVAL_BATCH_SIZE):
+        yield {
+            PIXELS_COLUMN: torch.from_numpy(pixels[start : start + EVAL_BATCH_SIZE]),
+            LABEL_COLUMN: torch.from_numpy(labels[start : start + EVAL_BATCH_SIZE]),
+        }
+
+
+def plain_pbt(
+    dataset: PatchDataset, base: TrainConfig, schedule: list[Member], interval: int, threads: int = CPUS
+) -> dict[str, Any]:
+    """Train the schedule in this process and evaluate the best member (by last ``val_acc``) on the test split.
+
+    Args:
+        dataset: The dataset.
+        base: Settings shared by all members (``lr`` and ``grad_clip`` come from each row).
+        schedule: The members and their epochs.
+        interval: The perturbation interval (donor states are kept on this cadence).
+        threads: Torch threads.
+
+    Returns:
+        ``wall`` seconds (normalisation, training, test evaluation), ``epochs`` trained, the members'
+        ``diverged`` flags at the end, and the best member's ``name``, ``val_acc`` and test ``accuracy``.
+    """
+    order = plan(schedule, interval, base.epochs)
+    started = time.perf_counter()
+    torch.set_num_threads(threads)
+    stats = compute_band_stats(dataset.train.pixels)
+    train_x, train_y = normalise(dataset.train.pixels, stats), dataset.train.labels.astype(np.int64)
+    val_x, val_y = normalise(dataset.val.pixels, stats), dataset.val.labels.astype(np.int64)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=base.label_smoothing)
+    eval_loss_fn = nn.CrossEntropyLoss()
+    device = torch.device("cpu")
+    states: dict[tuple[str, int], tuple[dict, dict]] = {}
+    for member in schedule:
+        torch.manual_seed(base.seed)  # as every Ray worker does: all members start from the same weights
+        member.model, _ = build_model(dataset.metadata, base)
+        member.optimizer = build_optimizer(member.model, base)
+    for index, row_index in order:
+        member = schedule[index]
+        row = member.rows[row_index]
+        cfg = base.replace(lr=row.lr, grad_clip=row.grad_clip)
+        if row.donor:
+            model_state, optimizer_state = states[(row.donor, row.donor_epoch)]
+            member.model.load_state_dict(model_state)
+            member.optimizer.load_state_dict(optimizer_state)
+        apply_mutable(member.optimizer, cfg)
+        batches = _train_batches(train_x, train_y, cfg.batch_size, cfg.seed * 1_000_003 + row.epoch)
+        sums = train_epoch(member.model, member.optimizer, loss_fn, batches, cfg.clip_norm, device)
+        val_loss, val_count, confusion = evaluate_shard(
+            member.model, eval_loss_fn, _eval_batches(val_x, val_y), dataset.metadata.num_classes, 0, 1
+        )
+        member.last = epoch_metrics(row.epoch, sums, val_loss, val_count, confusion, cfg)
+        if is_checkpoint_epoch(row.epoch, interval, base.epochs):
+            states[(member.name, row.epoch)] = (
+                copy.deepcopy(member.model.state_dict()),
+                copy.deepcopy(member.optimizer.state_dict()),
+            )
+    best = max(schedule, key=lambda m: (not m.last["diverged"], m.last["val_acc"]))
+    probabilities = predict_probabilities(best.model, dataset.test.pixels, stats)
+    accuracy = float((probabilities.argmax(axis=1) == dataset.test.labels).mean())
+    return {
+        "wall": time.perf_counter() - started,
+        "epochs": len(order),
+        "diverged": [bool(m.last["diverged"]) for m in schedule],
+        "name": best.name,
+        "val_acc": best.last["val_acc"],
+        "accuracy": accuracy,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags of the benchmark."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="run the job with --smoke-test (2 members x 4 epochs)")
+    parser.add_argument("--results", type=Path, default=None, help="the job's results folder (default: a temp one)")
+    parser.add_argument("--overwrite", action="store_true", help="allow a --results folder that holds a job")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the job, then the plain loop, and print the figures; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    load_average = ", ".join(f"{v:.1f}" for v in os.getloadavg())  # other processes skew every figure
+    print(f"CPUs {os.cpu_count()}, Ray cluster {CPUS} CPUs, load average at start {load_average}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="pbt-bench-") as tmp:
+        results = (args.results or Path(tmp) / "experiment").resolve()
+        flags = ["--results", str(results)] + ["--smoke-test"] * args.quick + ["--overwrite"] * args.overwrite
+        job_args = tune_job.build_parser().parse_args(flags)
+        started = time.perf_counter()
+        start_ray()
+        startup = time.perf_counter() - started
+        try:
+            started = time.perf_counter()
+            test_metrics = tune_job.run(job_args)  # applies --smoke-test to job_args
+            ray_wall = time.perf_counter() - started
+        finally:
+            ray.shutdown()
+        record = json.loads((results / tune_job.PBT_FILE).read_text())
+
+    members = initial_population(
+        job_args.population, tuple(job_args.initial_lr_range), unstable=not job_args.stable_start
+    )
+    base = TrainConfig(
+        optimizer=job_args.optimizer,
+        batch_size=job_args.batch_size,
+        weight_decay=job_args.weight_decay,
+        label_smoothing=job_args.label_smoothing,
+        channels=job_args.channels,
+        epochs=job_args.epochs,
+        seed=job_args.seed,
+    )
+    interval = job_args.perturbation_interval
+    try:
+        schedule = schedule_from_record(record, members)
+        plan(schedule, interval, base.epochs)
+        replay = f"replayed {sum(len(t['exploits']) for t in record['trials'].values())} exploit(s) from pbt.json"
+    except ReplayError as err:
+        schedule = initial_schedule(members, base.epochs)
+        replay = f"exploits NOT replayed ({err}); initial settings for all epochs"
+    dataset = read_dataset(job_args.data)
+    print(f"\nplain loop: {len(schedule)} members, {replay}, torch threads {CPUS}", flush=True)
+    plain = plain_pbt(dataset, base, schedule, interval)
+
+    ray_diverged = sum(1 for t in record["trials"].values() if t["final"]["diverged"])
+    ray_epochs = sum(len(t["history"]) for t in record["trials"].values())
+    ratio = ray_wall / plain["wall"]
+    print()
+    print(
+        f"PBT job: {job_args.population} members x {job_args.epochs} epochs, perturbation every {interval}, "
+        f"width {job_args.channels}"
+    )
+    print(f"{'':<44}{'Ray (tune.py)':>16}{'plain PyTorch':>16}")
+    print(f"{'wall seconds':<44}{ray_wall:>16.1f}{plain['wall']:>16.1f}")
+    print(f"{'member-epochs trained':<44}{ray_epochs:>16d}{plain['epochs']:>16d}")
+    print(f"{'best member test accuracy':<44}{test_metrics['accuracy']:>16.4f}{plain['accuracy']:>16.4f}")
+    print(f"{'members diverged at the end':<44}{ray_diverged:>16d}{sum(plain['diverged']):>16d}")
+    print(
+        f"Ray cluster start-up (not in the Ray wall time): {startup:.1f} s; Tune fit alone: "
+        f"{test_metrics['wall_seconds']:.1f} s"
+    )
+    print(
+        f"ratio Ray / plain wall time: {ratio:.2f}x (target <= {TARGET_RATIO:g}x, goal {GOAL_RATIO:g}x); "
+        f"Tune fit alone / plain: {test_metrics['wall_seconds'] / plain['wall']:.2f}x"
+    )
+    print(f"plain loop: {replay}")
+    if args.results:
+        print(f"job results in {results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
