@@ -27,7 +27,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard_h
         return
     address = address or os.environ.get("RAY_ADDRESS")
     quiet = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
-    start_local = {"num_cpus": num_cpus, "include_dashboard": True, "dashboard_host": dashboard_host, **quiet}
+    start_local = dict(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host)
+    start_local.update(quiet)
     if address == "local":
         ray.init(**start_local)
     elif address:

@@ -18,11 +18,14 @@ EPOCHS = 8
 def test_interrupted_experiment_resumes_from_member_checkpoints(tmp_path):
     results = tmp_path / "exp"
     common = ["--address", "local", "--num-cpus", "2", "--results", str(results)]
-    first = subprocess.Popen(
-        [sys.executable, "workflows/tune.py", "--population", "2", "--epochs", str(EPOCHS),
-         "--perturbation-interval", "2", "--channels", "16", "--stable-start", *common],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    log = tmp_path / "first.log"
+    # Output to a file: Tune prints a lot, and a full pipe would stall the experiment.
+    with open(log, "w") as sink:
+        first = subprocess.Popen(
+            [sys.executable, "workflows/tune.py", "--population", "2", "--epochs", str(EPOCHS),
+             "--perturbation-interval", "2", "--channels", "16", "--stable-start", *common],
+            cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     deadline = time.monotonic() + 480
     while time.monotonic() < deadline and first.poll() is None:
         # Both members have reported their second checkpoint (epoch 4): interrupt, as Ctrl+C would.
@@ -30,7 +33,8 @@ def test_interrupted_experiment_resumes_from_member_checkpoints(tmp_path):
             os.kill(first.pid, signal.SIGINT)
             break
         time.sleep(1)
-    output, _ = first.communicate(timeout=300)
+    first.wait(timeout=300)
+    output = log.read_text()
     assert first.returncode == 130, output[-3000:]
     assert "--resume" in output
     assert not (results / "test_metrics.json").exists()
