@@ -12,6 +12,7 @@ def ray_cluster():
     """
     import ray
 
-    ray.init(num_cpus=2, log_to_driver=False, dashboard_host="127.0.0.1")
+    # address="local": a new private cluster, never one some other process left running.
+    ray.init(address="local", num_cpus=2, log_to_driver=False, dashboard_host="127.0.0.1")
     yield
     ray.shutdown()

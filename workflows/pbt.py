@@ -37,8 +37,9 @@ MEMBER_LOG_SUFFIX = ".jsonl"
 CLIP_CHOICES = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
 # Learning rates a resampled member draws from: the range where AdamW trains this network stably.
 MUTATION_LR_RANGE = (1e-4, 1e-2)
-# Default initial population: geometric learning rates from stable to well past divergence.
-INITIAL_LR_RANGE = (3e-4, 3.0)
+# Default initial population: geometric learning rates from stable (AdamW trains well at 1e-3) to well past
+# divergence (3.0; the upper half also starts unclipped).
+INITIAL_LR_RANGE = (1e-3, 3.0)
 
 
 def initial_population(size: int, lr_range: tuple[float, float], unstable: bool) -> list[dict[str, Any]]:

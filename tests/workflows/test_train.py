@@ -131,6 +131,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(default_data, tmp_path):
 def test_train_cli_writes_test_metrics(tmp_path):
     results = tmp_path / "run"
     command = [sys.executable, "workflows/train.py", "--epochs", "2", "--channels", "16", "--results", str(results)]
+    command += ["--address", "local", "--num-cpus", "2"]  # a private cluster, whatever else runs
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "epoch   2/2" in done.stdout
