@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import logging
 import os
 import tempfile
 import time
@@ -37,6 +36,7 @@ from torch import nn
 from data.format import PatchDataset, read_dataset
 from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, D4Collate, compute_band_stats, normalise
 from workflows import tune as tune_job
+from workflows.cluster import connect
 from workflows.config import GRAD_CLIP, LR, TrainConfig
 from workflows.evaluate import predict_probabilities
 from workflows.loop import (
@@ -84,19 +84,7 @@ class Member:
 
 def start_ray(cpus: int = CPUS) -> None:
     """A new local Ray cluster of ``cpus`` CPUs for this script alone (never one that is already running)."""
-    ray.init(
-        address="local",
-        num_cpus=cpus,
-        include_dashboard=True,  # Train's placement-group cleaner asks the state API whether its controller lives
-        dashboard_host="127.0.0.1",
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
-    from ray.data import DataContext
-
-    context = DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    connect("local", cpus)
 
 
 def _clip(value: Any) -> float | None:

@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
 import tempfile
@@ -45,6 +44,7 @@ from data.pipeline import (
     normalise,
 )
 from data.synthetic import generate
+from workflows.cluster import connect
 from workflows.config import TrainConfig
 from workflows.evaluate import evaluate_checkpoint
 from workflows.launch import run_training, unique_run_name
@@ -159,19 +159,7 @@ def ray_training(
 
 def start_ray(cpus: int = CPUS) -> None:
     """A new local Ray cluster of ``cpus`` CPUs for this script alone (never one that is already running)."""
-    ray.init(
-        address="local",
-        num_cpus=cpus,
-        include_dashboard=True,  # Train's placement-group cleaner asks the state API whether its controller lives
-        dashboard_host="127.0.0.1",
-        log_to_driver=False,
-        logging_level=logging.WARNING,
-    )
-    from ray.data import DataContext
-
-    context = DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    connect("local", cpus)
 
 
 def load(size: str, quick: bool) -> tuple[str, PatchDataset]:

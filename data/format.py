@@ -237,8 +237,11 @@ def to_table(split: PatchSplit, metadata: PatchMetadata) -> pa.Table:
 
 def write_split(path: str | os.PathLike, split: PatchSplit, metadata: PatchMetadata) -> None:
     """Write one split to a Parquet file atomically (temporary name in the same folder, then rename)."""
-    path = Path(path)
-    table = to_table(split, metadata)
+    write_table_atomic(Path(path), to_table(split, metadata))
+
+
+def write_table_atomic(path: Path, table: pa.Table) -> None:
+    """Write a Parquet file under a temporary name in the same folder, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)

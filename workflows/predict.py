@@ -12,19 +12,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from data.format import PATCH_ID, PIXELS, SPLITS, PatchFormatError, PatchMetadata, PatchSplit, read_dataset, read_split
+from data.format import (
+    PATCH_ID,
+    PIXELS,
+    SPLITS,
+    PatchFormatError,
+    PatchMetadata,
+    PatchSplit,
+    read_dataset,
+    read_split,
+    write_table_atomic,
+)
 from workflows.bundle import BundleError, check_compatible, load_bundle
 from workflows.cluster import cluster_cpus, connect
 from workflows.evaluate import PREDICT_BATCH_SIZE, classification_metrics
@@ -112,19 +119,6 @@ def check_output(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path}: is a folder; --output must name a Parquet file")
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise FileExistsError(f"{path}: already exists; pass --overwrite or choose another --output")
-
-
-def write_table_atomic(path: Path, table: pa.Table) -> None:
-    """Write a Parquet file under a temporary name in the same folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def input_table(split: PatchSplit) -> pa.Table:
