@@ -10,13 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import (
-    accuracy_score,
-    cohen_kappa_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-)
 
 from data.format import PatchMetadata, PatchSplit
 from data.pipeline import BandStats, normalise
@@ -47,6 +40,15 @@ def predict_probabilities(model: ResNet, pixels: np.ndarray, stats: BandStats) -
 
 def classification_metrics(truth: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Accuracy, macro-F1, Cohen's kappa, per-class precision/recall/F1 and the confusion matrix."""
+    # Imported here: prediction actors load this module for predict_probabilities and need no scikit-learn.
+    from sklearn.metrics import (
+        accuracy_score,
+        cohen_kappa_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
+
     labels = np.arange(len(class_names))
     precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=labels, zero_division=0)
     return {
