@@ -187,6 +187,15 @@ class PatchDataset:
         """The test split."""
         return self.splits["test"]
 
+    def summary_lines(self) -> list[str]:
+        """Indented lines describing the splits, bands, patch size and classes, for the entry scripts to print."""
+        meta = self.metadata
+        lines = [f"  {name}: {len(split)} patches" for name, split in self.splits.items()]
+        lines.append(f"  bands ({meta.num_bands}): {', '.join(meta.bands)}")
+        lines.append(f"  patch size: {meta.height} x {meta.width}")
+        lines.append(f"  classes ({meta.num_classes}): {', '.join(meta.classes)}")
+        return lines
+
 
 def to_table(split: PatchSplit, metadata: PatchMetadata) -> pa.Table:
     """Build the Arrow table of a split, with the ``patches`` metadata attached.

@@ -75,13 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(err).split())
         print(f"error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    meta = dataset.metadata
     print(f"wrote {args.output}")
-    for name, split in dataset.splits.items():
-        print(f"  {name}: {len(split)} patches")
-    print(f"  bands ({meta.num_bands}): {', '.join(meta.bands)}")
-    print(f"  patch size: {meta.height} x {meta.width}")
-    print(f"  classes ({meta.num_classes}): {', '.join(meta.classes)}")
+    print("\n".join(dataset.summary_lines()))
     return 0
 
 

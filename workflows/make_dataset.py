@@ -60,14 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if args.overwrite else " (pass --overwrite to replace it)"
         print(f"error: {' '.join(str(err).split())}{hint}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    meta = dataset.metadata
     size = sum(p.stat().st_size for p in output.glob("*.parquet"))
     print(f"wrote {output} ({size / 1e6:.1f} MB, seed {args.seed}, {time.perf_counter() - start:.1f} s)")
-    for name, split in dataset.splits.items():
-        print(f"  {name}: {len(split)} patches")
-    print(f"  bands ({meta.num_bands}): {', '.join(meta.bands)}")
-    print(f"  patch size: {meta.height} x {meta.width}")
-    print(f"  classes ({meta.num_classes}): {', '.join(meta.classes)}")
+    print("\n".join(dataset.summary_lines()))
     return 0
 
 
