@@ -11,7 +11,6 @@ log = logging.getLogger(__name__)
 
 # The dashboard and job API run arbitrary code for anyone who reaches them: loopback only unless asked otherwise.
 DASHBOARD_HOST = "127.0.0.1"
-WORKER_GROUP_START_TIMEOUT_S = 300
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, dashboard_host: str = DASHBOARD_HOST) -> None:
@@ -28,8 +27,6 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard_h
         return
     address = address or os.environ.get("RAY_ADDRESS")
     quiet = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
-    # A worker group may wait for the placement group of a member PBT just replaced; Ray's 60 s default gave up.
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(WORKER_GROUP_START_TIMEOUT_S))
     start_local = dict(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host)
     start_local.update(quiet)
     if address == "local":

@@ -2,16 +2,31 @@
 
 Both ``train.py`` (which prints a progress line per epoch) and the PBT trial function (which forwards every report
 and its checkpoint to Tune) go through :func:`run_training`. Train V2's ``TorchTrainer.fit()`` runs in a thread; a
-``ray.train.UserCallback`` on the Train controller hands each report through a small queue actor, and waits until
-the caller has handled it, so a checkpoint is never deleted by Ray's retention before the caller has copied it.
+``ray.train.UserCallback`` on the Train controller hands each report over through a file (:class:`_Mailbox`) and
+waits until the caller has handled it, so a checkpoint is never deleted by Ray's retention before the caller has
+copied it.
+
+Placement groups. Train removes a run's placement group when the run ends; when the process that called ``fit()``
+dies first, Train's controller dies with it, and Ray itself removes the group only when the whole job ends. Train
+ships a detached cleaner actor for that case, which asks the dashboard's state API once a second whether the
+controller lives. Measured here, it cost one more Python process per run and 12 s of every run's shutdown (the time
+it takes to stop), and under load its thread died on a timed-out query (RpcError), after which a dead member's group
+is never removed and the member's next run waits for CPUs without end (the likely cause of a PBT test that hung in
+CI). We run without it (:class:`_TorchTrainer`) and do the job ourselves where it arises: a run
+given an ``owner`` (a PBT member) records its placement group in Ray's key-value store, removes it itself when the
+caller stops it, and the owner's next run removes any group a dead predecessor left behind. Runs without an owner
+(``train.py``) live as long as their driver, whose exit ends the job.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import queue as stdlib_queue
+import shutil
+import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,20 +35,38 @@ from typing import Any
 
 import ray
 import ray.train
+from ray._raylet import PlacementGroupID
+from ray.experimental import internal_kv
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from ray.util.queue import Empty, Queue
+from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 from data.format import PatchMetadata
 from data.pipeline import BandStats
 from workflows.config import TrainConfig
-from workflows.loop import train_func_per_worker
+from workflows.loop import PLACEMENT_GROUP_KEY, train_func_per_worker
 
 log = logging.getLogger(__name__)
 
 # How long the controller waits for the caller to handle one report before giving up on the hand-off.
 HANDOFF_TIMEOUT_S = 600.0
-POLL_S = 0.5
+POLL_S = 0.05
+ACK_POLL_S = 0.01
+# Worker-group start-ups that may time out (60 s each by default) before the run fails instead of waiting on.
+CONTROLLER_RETRIES = 2
+_KV_PREFIX = "satresnet:placement-group:"
+# Ray Train settings, read from the environment of the process that calls fit() and passed on to the controller.
+TRAIN_ENV = {
+    # The controller collects reports when it polls the workers, and a worker's report waits for that: Ray's 2 s
+    # default made every epoch of a small model last 2 s (measured: 0.5 s of work, reports exactly 2.0 s apart).
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # A worker group may wait for CPUs a replaced PBT member is still giving back; 60 s each try by default.
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
+    # One actor process less per run: the watcher reports node drains (spot preemption), which a laptop never has.
+    # Set it to 1 on clusters of preemptible nodes.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
 
 OnReport = Callable[[dict[str, Any], str | None], None]
 
@@ -57,19 +90,100 @@ class TrainingOutcome:
     worker_metrics: list[list[dict[str, Any]]]
 
 
-class _ForwardReports(ray.train.UserCallback):
-    """Runs on the Train controller: passes rank 0's metrics and the checkpoint path to the caller, then waits."""
+class _Mailbox:
+    """Numbered report and acknowledgement files in a folder that the Train controller and the caller share.
 
-    def __init__(self, reports: Queue, acks: Queue) -> None:
-        self.reports = reports
-        self.acks = acks
+    Train V2 places its controller on the node of the process that calls ``fit()``, so both sides see the same local
+    folder. Files replaced two queue actors, which cost two Python processes on every run start.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def _path(self, kind: str, number: int) -> Path:
+        return Path(self.folder) / f"{kind}-{number:06d}.json"
+
+    def post(self, number: int, body: Any) -> None:
+        """Write report ``number`` (atomically: the reader never sees half a file)."""
+        path = self._path("report", number)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(body, default=lambda value: value.item()))  # numpy scalars
+        os.replace(partial, path)
+
+    def take(self, number: int) -> Any | None:
+        """Report ``number`` if it has been posted, else None."""
+        path = self._path("report", number)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def ack(self, number: int) -> None:
+        """Tell the controller that report ``number`` has been handled."""
+        self._path("ack", number).touch()
+
+    def wait_ack(self, number: int, timeout: float) -> bool:
+        """Wait until report ``number`` has been handled; False after ``timeout`` seconds."""
+        path, deadline = self._path("ack", number), time.monotonic() + timeout
+        while not path.exists():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(ACK_POLL_S)
+        return True
+
+
+class _ForwardReports(ray.train.UserCallback):
+    """Runs on the Train controller: passes every worker's metrics and the checkpoint path on, then waits."""
+
+    def __init__(self, mailbox: _Mailbox) -> None:
+        self.mailbox = mailbox
+        self.count = 0
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        self.reports.put(([dict(m) for m in metrics], checkpoint.path if checkpoint is not None else None))
-        try:
-            self.acks.get(timeout=HANDOFF_TIMEOUT_S)
-        except Empty:
+        self.count += 1
+        self.mailbox.post(self.count, [[dict(m) for m in metrics], checkpoint.path if checkpoint is not None else None])
+        if not self.mailbox.wait_ack(self.count, HANDOFF_TIMEOUT_S):
             log.warning("the caller did not handle a report within %.0f s; continuing", HANDOFF_TIMEOUT_S)
+
+
+class _TorchTrainer(TorchTrainer):
+    """``TorchTrainer`` without Train's detached placement-group cleaner (see the module docstring)."""
+
+    def _create_default_callbacks(self) -> list[Any]:
+        callbacks = super()._create_default_callbacks()
+        return [callback for callback in callbacks if not isinstance(callback, PlacementGroupCleanerCallback)]
+
+
+def _kv_key(owner: str) -> bytes:
+    return (_KV_PREFIX + owner).encode()
+
+
+def record_placement_group(owner: str, group_hex: str) -> None:
+    """Remember ``group_hex`` as the placement group of the owner's current run (cluster-wide, in Ray's KV store)."""
+    internal_kv._internal_kv_put(_kv_key(owner), group_hex.encode(), overwrite=True)
+
+
+def release_placement_group(owner: str) -> bool:
+    """Remove the placement group the owner's last run recorded, if it still exists.
+
+    Args:
+        owner: The ``owner`` the run was started with.
+
+    Returns:
+        Whether a placement group was removed.
+    """
+    key = _kv_key(owner)
+    recorded = internal_kv._internal_kv_get(key)
+    if not recorded:
+        return False
+    group = PlacementGroup(PlacementGroupID.from_hex(recorded.decode()))
+    removed = False
+    try:
+        if placement_group_table(group).get("state") not in (None, "REMOVED"):
+            remove_placement_group(group)
+            removed = True
+            log.warning("removed placement group %s left behind by %s's previous run", recorded.decode(), owner)
+    except Exception as err:  # noqa: BLE001 - best effort: Train's own cleaner remains
+        log.warning("could not remove placement group %s of %s: %s", recorded.decode(), owner, err)
+    internal_kv._internal_kv_del(key)
+    return removed
 
 
 def unique_run_name(prefix: str) -> str:
@@ -88,6 +202,7 @@ def run_training(
     resume_from: str | None = None,
     max_failures: int = 0,
     on_report: OnReport | None = None,
+    owner: str | None = None,
 ) -> TrainingOutcome:
     """Train with ``cfg.num_workers`` Ray Train workers and call ``on_report`` for every epoch.
 
@@ -102,16 +217,21 @@ def run_training(
         max_failures: Worker-group restarts from the latest checkpoint that Ray may make after a failure.
         on_report: Called in this thread with each epoch's metrics and checkpoint folder (None on epochs without
             one); the checkpoint stays on storage at least until the call returns.
+        owner: A name that outlives this process (a PBT member's trial id). The run first removes a placement
+            group an earlier run of the same owner left behind, and removes its own if ``on_report`` raises.
 
     Returns:
         The outcome, with the best checkpoint by validation accuracy.
     """
+    if owner is not None:
+        release_placement_group(owner)
+    for key, value in TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
     storage = str(storage_path)
     if "://" not in storage:
         storage = str(Path(storage).resolve())
-    reports = Queue(actor_options={"num_cpus": 0})
-    acks = Queue(actor_options={"num_cpus": 0})
-    trainer = TorchTrainer(
+    mailbox = _Mailbox(tempfile.mkdtemp(prefix=f"{name}-reports-"))
+    trainer = _TorchTrainer(
         train_func_per_worker,
         train_loop_config={
             "train": cfg.to_dict(),
@@ -130,13 +250,14 @@ def run_training(
         run_config=RunConfig(
             name=name,
             storage_path=storage,
-            failure_config=FailureConfig(max_failures=max_failures),
+            # Train retries a worker group that cannot get its CPUs forever by default; give up instead.
+            failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=CONTROLLER_RETRIES),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.keep_checkpoints,
                 checkpoint_score_attribute="val_acc",
                 checkpoint_score_order="max",
             ),
-            callbacks=[_ForwardReports(reports, acks)],
+            callbacks=[_ForwardReports(mailbox)],
             # Ray Train logs every report at INFO; our own line per epoch says it more briefly.
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
@@ -153,25 +274,38 @@ def run_training(
 
     thread = threading.Thread(target=fit, name=f"fit-{name}", daemon=True)
     thread.start()
+    number = 0
     try:
         while True:
-            try:
-                per_worker, checkpoint_path = reports.get(timeout=POLL_S)
-            except (Empty, stdlib_queue.Empty):
+            posted = mailbox.take(number + 1)
+            if posted is None:
                 if not thread.is_alive():
                     break
+                time.sleep(POLL_S)
                 continue
+            number += 1
+            per_worker, checkpoint_path = posted
             try:
+                group = [m.pop(PLACEMENT_GROUP_KEY, None) for m in per_worker][0]
+                if group and owner is not None:
+                    record_placement_group(owner, group)
                 worker_metrics.append(per_worker)
                 history.append(per_worker[0])
                 if on_report is not None:
                     on_report(per_worker[0], checkpoint_path)
             finally:
-                acks.put(True)
+                mailbox.ack(number)
         thread.join()
+    except BaseException:
+        # Stopped by the caller (Tune ends a replaced PBT member this way): free the CPUs now, while this process
+        # still lives, rather than leave the placement group to a controller that dies with it.
+        if owner is not None:
+            release_placement_group(owner)
+        raise
     finally:
-        for q in (reports, acks):
-            ray.kill(q.actor)
+        shutil.rmtree(mailbox.folder, ignore_errors=True)
+    if owner is not None:
+        internal_kv._internal_kv_del(_kv_key(owner))  # the run ended and Train removed its placement group
     if "error" in outcome:
         raise outcome["error"]
     result = outcome["result"]

@@ -41,6 +41,9 @@ EVAL_BATCH_SIZE = 256
 # Rows each worker shuffles locally, in batches, on top of the shuffled block order.
 SHUFFLE_BATCHES = 8
 PREFLIGHT_BATCH = 8
+# Added to a run's first report: the id of the workers' placement group (see workflows.launch), removed before the
+# metrics reach anyone.
+PLACEMENT_GROUP_KEY = "_placement_group"
 
 
 def build_model(metadata: PatchMetadata, cfg: TrainConfig) -> tuple[ResNet, ResNetConfig]:
@@ -230,6 +233,13 @@ def _preflight(model: nn.Module, optimizer: torch.optim.Optimizer, model_cfg: Re
     preflight_check(model, optimizer, inputs, targets)
 
 
+def _placement_group_hex() -> str:
+    import ray.util
+
+    group = ray.util.get_current_placement_group()
+    return group.id.hex() if group is not None else ""
+
+
 def train_func_per_worker(config: dict[str, Any]) -> None:
     """Train on one Ray Train worker; every worker runs this with the same ``config``.
 
@@ -312,6 +322,8 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         confusion = summed[4:].reshape(confusion.shape)
         metrics = epoch_metrics(epoch, train_sums, summed[2], summed[3], confusion, cfg)
         metrics["epoch_seconds"] = time.perf_counter() - started
+        if epoch == start_epoch + 1:
+            metrics[PLACEMENT_GROUP_KEY] = _placement_group_hex()
 
         if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
             with tempfile.TemporaryDirectory() as directory:

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +152,7 @@ def trial_function(
     first = {"value": True}
 
     def forward(metrics: dict[str, Any], checkpoint_path: str | None) -> None:
-        metrics = dict(metrics, trial_id=trial_id)
+        metrics = dict(metrics, trial_id=trial_id, reported_at=time.time())
         metrics["exploited_from"] = donor.get("trial", "") if first["value"] else ""
         metrics["restored_epoch"] = int(donor.get("epoch", 0)) if first["value"] else 0
         first["value"] = False
@@ -174,6 +175,7 @@ def trial_function(
         unique_run_name(f"member-{trial_id}"),
         resume_from=resume_from,
         on_report=forward,
+        owner=f"{log_dir}/{trial_id}",
     )
 
 

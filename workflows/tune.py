@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,8 @@ REPORT_DIR = "report"
 MIN_CPUS_PER_WORKER = 0.25
 # The Tune function only waits on its TorchTrainer; it must still ask for some CPU (zero is refused).
 TRIAL_FUNCTION_CPUS = 0.01
+# Seconds Tune waits for a stopped member to end before killing its process.
+MEMBER_STOP_TIMEOUT_S = 60
 
 
 class ExperimentInterrupted(RuntimeError):
@@ -308,6 +311,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 failure_config=tune.FailureConfig(max_failures=1),
             ),
         )
+    # Tune waits this long for a stopped member's process to end before it kills it (600 s by default).
+    os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", str(MEMBER_STOP_TIMEOUT_S))
     started = time.perf_counter()
     grid = tuner.fit()
     elapsed = time.perf_counter() - started
