@@ -7,8 +7,7 @@ import pytest
 def ray_cluster():
     """A 2-CPU local Ray cluster for one test module, shut down afterwards.
 
-    The dashboard stays on: Ray Train's placement-group cleaner asks the state API whether the controller is
-    alive, and without the dashboard it can conclude "dead" and tear a healthy run down.
+    The dashboard stays on, bound to 127.0.0.1, as every cluster the product starts has it.
     """
     import ray
 
@@ -16,3 +15,18 @@ def ray_cluster():
     ray.init(address="local", num_cpus=2, log_to_driver=False, dashboard_host="127.0.0.1")
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def alive_actors():
+    """A function that lists the live actors of one class, read straight from Ray's GCS.
+
+    Not the dashboard's state API (``ray.util.state.list_actors``): under load in CI its queries timed out.
+    """
+    from ray._private import state
+
+    def actors_of(class_name: str) -> list[dict]:
+        found = state.actors(actor_state_name="ALIVE").values()
+        return [actor for actor in found if actor["ActorClassName"] == class_name]
+
+    return actors_of

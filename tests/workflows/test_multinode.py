@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 import ray
 from ray.cluster_utils import Cluster
-from ray.util.state import list_actors
 
 from data import DEFAULT_DATASET_DIR
 from data.format import read_dataset
@@ -55,8 +54,7 @@ def two_nodes():
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_TMPDIR", ray_tmp)
         try:
-            # The dashboard stays on (Train's placement-group cleaner asks the state API whether the controller
-            # lives), on loopback, on the first free port from 8265.
+            # The dashboard on loopback, on the first free port from 8265, as on a real head node.
             head = {"num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": None}
             cluster = Cluster(initialize_head=True, head_node_args=head)
             ray.init(address=cluster.address, log_to_driver=False)
@@ -75,16 +73,12 @@ def two_nodes():
             shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def alive_train_workers() -> list[Any]:
-    return list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-
-
 def all_finite(metrics: dict[str, Any]) -> bool:
     return all(math.isfinite(float(v)) for v in metrics.values())
 
 
 @pytest.mark.slow
-def test_a_run_spans_both_nodes_with_shared_storage(two_nodes, tmp_path):
+def test_a_run_spans_both_nodes_with_shared_storage(two_nodes, tmp_path, alive_actors):
     dataset, stats, datasets = two_nodes.data
     worker_id = two_nodes.worker_id()
     cfg = TrainConfig(epochs=3, **SMALL)
@@ -92,7 +86,7 @@ def test_a_run_spans_both_nodes_with_shared_storage(two_nodes, tmp_path):
     placement = []
 
     def where_workers_run(metrics, checkpoint):
-        placement.append(sorted(w.node_id for w in alive_train_workers()))
+        placement.append(sorted(w["Address"]["NodeID"] for w in alive_actors("RayTrainWorker")))
 
     outcome = run_training(
         cfg, dataset.metadata, stats, datasets, storage, unique_run_name("mn"), on_report=where_workers_run
@@ -111,7 +105,7 @@ def test_a_run_spans_both_nodes_with_shared_storage(two_nodes, tmp_path):
 
 
 @pytest.mark.slow
-def test_losing_the_worker_node_resumes_from_the_last_checkpoint(two_nodes, tmp_path):
+def test_losing_the_worker_node_resumes_from_the_last_checkpoint(two_nodes, tmp_path, alive_actors):
     """The worker node dies after epoch 2; a replacement joins; the run restarts from epoch 2's checkpoint.
 
     Only the Train workers may live off the driver's node: Train pins its controller and data actors there, and any
@@ -124,7 +118,9 @@ def test_losing_the_worker_node_resumes_from_the_last_checkpoint(two_nodes, tmp_
     replaced = []
 
     def lose_the_worker_node(metrics, checkpoint):
-        workers_at[metrics["epoch"]] = sorted((w.actor_id, w.node_id) for w in alive_train_workers())
+        workers_at[metrics["epoch"]] = sorted(
+            (w["ActorID"], w["Address"]["NodeID"]) for w in alive_actors("RayTrainWorker")
+        )
         if metrics["epoch"] == 2 and not replaced:
             # Called while Train's controller waits for us, so the node dies during epoch 3.
             two_nodes.cluster.remove_node(two_nodes.worker)

@@ -14,9 +14,6 @@ REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 8
 
 
-# Unstable: in one clean-clone CI run a member's TorchTrainer restarted after an exploit timed out waiting 60 s for
-# its worker group and the experiment never finished.
-@pytest.mark.unstable
 @pytest.mark.slow
 def test_interrupted_experiment_resumes_from_member_checkpoints(tmp_path):
     results = tmp_path / "exp"
