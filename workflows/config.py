@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,3 +94,16 @@ class TrainConfig:
     def clip_norm(self) -> float | None:
         """The clipping norm, or None when clipping is off."""
         return self.grad_clip if self.grad_clip else None
+
+
+def reject_uri(value: object, flag: str = "--results") -> None:
+    """Refuse an object-store URI where the scripts need a folder they can write with plain file operations.
+
+    Raises:
+        ValueError: ``value`` looks like ``scheme://…`` (also after ``pathlib`` folded the slashes to ``scheme:/…``).
+    """
+    if value is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", str(value)):
+        raise ValueError(
+            f"{flag} {value}: object-store URIs are not supported yet; use a folder (on a multi-node cluster, one "
+            "every node mounts at the same path)"
+        )

@@ -19,7 +19,7 @@ from data.format import PatchFormatError, read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
 from workflows.bundle import export_bundle
 from workflows.cluster import cluster_gpus, connect
-from workflows.config import OPTIMIZERS, TrainConfig
+from workflows.config import OPTIMIZERS, TrainConfig, reject_uri
 from workflows.evaluate import TEST_METRICS_FILE, evaluate_checkpoint, format_metrics_table, write_json_atomic
 from workflows.launch import run_training, unique_run_name
 
@@ -96,6 +96,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         FileExistsError: The results folder already holds results and ``--overwrite`` was not given.
     """
     cfg = config_from_args(args)
+    reject_uri(args.results)
     results = (args.results or Path("results") / time.strftime("train-%Y%m%d-%H%M%S")).resolve()
     if (results / TEST_METRICS_FILE).exists() and not args.overwrite:
         raise FileExistsError(f"{results}: already holds {TEST_METRICS_FILE}; pass --overwrite or another --results")

@@ -29,7 +29,7 @@ from data.format import PatchFormatError, read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
 from workflows.bundle import export_bundle
 from workflows.cluster import cluster_cpus, cluster_gpus, connect
-from workflows.config import GRAD_CLIP, LR, OPTIMIZERS, TrainConfig
+from workflows.config import GRAD_CLIP, LR, OPTIMIZERS, TrainConfig, reject_uri
 from workflows.evaluate import TEST_METRICS_FILE, evaluate_checkpoint, format_metrics_table, write_json_atomic
 from workflows.pbt import (
     INITIAL_LR_RANGE,
@@ -90,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     io = parser.add_argument_group("data and output")
     io.add_argument("--data", type=Path, default=DEFAULT_DATASET_DIR, help="dataset folder (train/val/test.parquet)")
     io.add_argument(
-        "--results", default=None, help="experiment folder, a path or a URI Ray accepts (default results/tune-<time>)"
+        "--results",
+        default=None,
+        help="experiment folder (default results/tune-<time>); on a multi-node cluster, a folder every node mounts "
+        "at the same path (object-store URIs are not supported yet)",
     )
     io.add_argument("--resume", action="store_true", help="continue the interrupted experiment in --results")
     io.add_argument("--overwrite", action="store_true", help="allow a results folder that already has results")
@@ -170,6 +173,7 @@ def size_members(cpus: float, population: int, workers: int, requested: float | 
 
 
 def _results_folder(args: argparse.Namespace) -> Path:
+    reject_uri(args.results)
     if args.results:
         return Path(args.results).resolve()
     return (Path("results") / time.strftime("tune-%Y%m%d-%H%M%S")).resolve()
