@@ -199,7 +199,8 @@ def plain_pbt(
 
     Returns:
         ``wall`` seconds (normalisation, training, test evaluation), ``epochs`` trained, the members'
-        ``diverged`` flags at the end, and the best member's ``name``, ``val_acc`` and test ``accuracy``.
+        ``diverged`` flags at the end, the best member's ``name``, ``val_acc`` and test ``accuracy``, and every
+        member's test accuracy (``member_accuracies``, evaluated after ``wall`` was taken).
     """
     order = plan(schedule, interval, base.epochs)
     started = time.perf_counter()
@@ -238,13 +239,19 @@ def plain_pbt(
     best = max(schedule, key=lambda m: (not m.last["diverged"], m.last["val_acc"]))
     probabilities = predict_probabilities(best.model, dataset.test.pixels, stats)
     accuracy = float((probabilities.argmax(axis=1) == dataset.test.labels).mean())
+    wall = time.perf_counter() - started
+    member_accuracies = [
+        float((predict_probabilities(m.model, dataset.test.pixels, stats).argmax(axis=1) == dataset.test.labels).mean())
+        for m in schedule
+    ]
     return {
-        "wall": time.perf_counter() - started,
+        "wall": wall,
         "epochs": len(order),
         "diverged": [bool(m.last["diverged"]) for m in schedule],
         "name": best.name,
         "val_acc": best.last["val_acc"],
         "accuracy": accuracy,
+        "member_accuracies": member_accuracies,
     }
 
 

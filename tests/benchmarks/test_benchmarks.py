@@ -44,3 +44,17 @@ def test_pbt_vs_plain_quick_prints_wall_times_and_ratio():
     assert re.search(r"^best member test accuracy\s+0\.\d+\s+0\.\d+$", out, re.M)
     assert re.search(r"^members diverged at the end\s+\d+\s+\d+$", out, re.M)
     assert re.search(rf"ratio Ray / plain wall time: {NUMBER}x", out)
+
+
+@pytest.mark.slow
+def test_pbt_vs_random_quick_prints_best_median_and_diverged():
+    out = _run("pbt_vs_random.py")
+    accuracy = r"0\.\d{4}"
+    for name in ("best test accuracy", "median member test accuracy"):
+        mean = rf"\s+\(mean {accuracy}\)"
+        row = re.search(rf"^{name}\s+({accuracy}){mean}\s+({accuracy}){mean}$", out, re.M)
+        assert row is not None, out[-3000:]
+        assert all(0 < float(v) <= 1 for v in row.groups())
+    assert re.search(r"^members diverged at the end\s+\d+\s+\d+$", out, re.M), out[-3000:]
+    assert re.search(r"^members below 2x chance\s+\d+\s+\d+$", out, re.M), out[-3000:]
+    assert re.search(r"^seed 0: PBT best 0\.\d+, members \[.*\], \d+ exploits", out, re.M)
