@@ -245,8 +245,9 @@ def run_training(
             resources_per_worker={"CPU": cfg.cpus_per_worker},
         ),
         datasets=datasets,
-        # Validation is never split: streaming_split(equal=True) would drop the remainder rows.
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        # Validation is never split: streaming_split(equal=True) would drop the remainder rows. Nor is training data
+        # for a single worker: a split starts a coordinator actor, one more Python process on every run start.
+        dataset_config=DataConfig(datasets_to_split=["train"] if cfg.num_workers > 1 else []),
         run_config=RunConfig(
             name=name,
             storage_path=storage,

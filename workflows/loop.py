@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from sklearn.metrics import f1_score
 from torch import nn
 
 from data.format import PatchMetadata
@@ -178,12 +177,17 @@ def evaluate_shard(
 
 
 def macro_f1_from_confusion(confusion: np.ndarray) -> float:
-    """Macro-F1 computed by scikit-learn from the true/predicted pairs a confusion matrix counts."""
-    counts = confusion.astype(np.int64)
-    truth = np.repeat(np.arange(len(counts)), counts.sum(axis=1))
-    predicted = np.concatenate([np.repeat(np.arange(len(counts)), row) for row in counts])
-    labels = np.arange(len(counts))
-    return float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0))
+    """Macro-F1 over every class of a confusion matrix (rows true, columns predicted).
+
+    Per class 2·TP / (2·TP + FP + FN), 0 for a class never seen nor predicted, then the unweighted mean: scikit-learn's
+    ``f1_score(average="macro", labels=all classes, zero_division=0)`` (a test holds the two equal). Computed here
+    rather than by scikit-learn, whose import cost every Train worker 0.7 s of start-up.
+    """
+    counts = confusion.astype(np.float64)
+    true_positives = np.diag(counts)
+    denominator = counts.sum(axis=0) + counts.sum(axis=1)  # = 2·TP + FP + FN
+    f1 = np.divide(2 * true_positives, denominator, out=np.zeros_like(true_positives), where=denominator > 0)
+    return float(f1.mean())
 
 
 def _finite(value: float) -> float:
