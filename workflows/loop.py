@@ -254,6 +254,11 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     """
     import ray.train
     import ray.train.torch
+    from ray.train.v2._internal.execution import context as train_context
+
+    # Train logs every report ("Reporting training result N: TrainingReport(...)") at INFO on a logger named after
+    # its file, outside the "ray.train" loggers that LoggingConfig quiets: two long lines per epoch per worker.
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
     cfg = TrainConfig.from_dict(config["train"])
     metadata = PatchMetadata.from_json(config["metadata"])
