@@ -42,7 +42,7 @@ if __package__ in (None, ""):
 
 from benchmarks.pbt_vs_plain import Member, Row, plain_pbt, start_ray  # noqa: E402
 from data import DEFAULT_DATASET_DIR  # noqa: E402
-from data.format import PatchFormatError, read_dataset  # noqa: E402
+from data.format import PatchDataset, PatchFormatError, read_dataset  # noqa: E402
 from workflows import tune as tune_job  # noqa: E402
 from workflows.config import TrainConfig  # noqa: E402
 from workflows.evaluate import evaluate_checkpoint  # noqa: E402
@@ -77,7 +77,7 @@ def final_checkpoints(tune_dir: Path) -> dict[str, Path]:
     return found
 
 
-def run_pbt(args: argparse.Namespace, seed: int, results: Path) -> dict[str, Any]:
+def run_pbt(args: argparse.Namespace, dataset: PatchDataset, seed: int, results: Path) -> dict[str, Any]:
     """The main job with this seed; every member's final test accuracy."""
     flags = [
         "--data", str(args.data), "--results", str(results), "--seed", str(seed),
@@ -94,25 +94,18 @@ def run_pbt(args: argparse.Namespace, seed: int, results: Path) -> dict[str, Any
     finally:
         ray.shutdown()
     record = json.loads((results / tune_job.PBT_FILE).read_text())
-    dataset = read_dataset(args.data)
-    accuracies, epochs = [], []
-    for checkpoint in final_checkpoints(results / tune_job.TUNE_DIR).values():
-        metrics = evaluate_checkpoint(checkpoint, dataset.test)
-        accuracies.append(metrics["accuracy"])
-        epochs.append(metrics["checkpoint_epoch"])
+    checkpoints = final_checkpoints(results / tune_job.TUNE_DIR).values()
     return {
         "wall": wall,
         "best": best["accuracy"],
-        "accuracies": accuracies,
-        "final_epochs": epochs,
+        "accuracies": [evaluate_checkpoint(checkpoint, dataset.test)["accuracy"] for checkpoint in checkpoints],
         "diverged": sum(1 for t in record["trials"].values() if t["final"]["diverged"]),
         "exploits": sum(len(t["exploits"]) for t in record["trials"].values()),
     }
 
 
-def run_random(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+def run_random(args: argparse.Namespace, dataset: PatchDataset, seed: int) -> dict[str, Any]:
     """Random search with this seed, trained in this process; every member's test accuracy."""
-    dataset = read_dataset(args.data)
     base = TrainConfig(channels=args.channels, epochs=args.epochs, seed=seed)
     members = random_members(args.population, tuple(args.initial_lr_range), args.epochs, seed)
     plain = plain_pbt(dataset, base, members, args.interval)
@@ -168,10 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         args.population, args.epochs, args.interval = QUICK["population"], QUICK["epochs"], QUICK["interval"]
         args.channels, args.seeds = QUICK["channels"], QUICK["seeds"]
     try:
-        chance = 1 / read_dataset(args.data).metadata.num_classes
+        dataset = read_dataset(args.data)
     except PatchFormatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    chance = 1 / dataset.metadata.num_classes
     load_average = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(
         f"CPUs {os.cpu_count()}, load average at start {load_average}; {args.population} members x {args.epochs} "
@@ -181,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     pbt_runs, random_runs = [], []
     with tempfile.TemporaryDirectory(prefix="pbt-vs-random-") as tmp:
         for seed in args.seeds:
-            pbt_runs.append(run_pbt(args, seed, Path(tmp) / f"pbt-{seed}"))
-            random_runs.append(run_random(args, seed))
+            pbt_runs.append(run_pbt(args, dataset, seed, Path(tmp) / f"pbt-{seed}"))
+            random_runs.append(run_random(args, dataset, seed))
             p, r = pbt_runs[-1], random_runs[-1]
             print(
                 f"seed {seed}: PBT best {p['best']:.4f}, members {[round(a, 4) for a in p['accuracies']]}, "

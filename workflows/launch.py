@@ -155,6 +155,10 @@ def _kv_key(owner: str) -> bytes:
     return (_KV_PREFIX + owner).encode()
 
 
+def _forget_placement_group(owner: str) -> None:
+    internal_kv._internal_kv_del(_kv_key(owner))
+
+
 def record_placement_group(owner: str, group_hex: str) -> None:
     """Remember ``group_hex`` as the placement group of the owner's current run (cluster-wide, in Ray's KV store)."""
     internal_kv._internal_kv_put(_kv_key(owner), group_hex.encode(), overwrite=True)
@@ -169,8 +173,7 @@ def release_placement_group(owner: str) -> bool:
     Returns:
         Whether a placement group was removed.
     """
-    key = _kv_key(owner)
-    recorded = internal_kv._internal_kv_get(key)
+    recorded = internal_kv._internal_kv_get(_kv_key(owner))
     if not recorded:
         return False
     group = PlacementGroup(PlacementGroupID.from_hex(recorded.decode()))
@@ -180,9 +183,9 @@ def release_placement_group(owner: str) -> bool:
             remove_placement_group(group)
             removed = True
             log.warning("removed placement group %s left behind by %s's previous run", recorded.decode(), owner)
-    except Exception as err:  # noqa: BLE001 - best effort: Train's own cleaner remains
+    except Exception as err:  # noqa: BLE001 - best effort: Ray removes it when the job ends at the latest
         log.warning("could not remove placement group %s of %s: %s", recorded.decode(), owner, err)
-    internal_kv._internal_kv_del(key)
+    _forget_placement_group(owner)
     return removed
 
 
@@ -306,7 +309,7 @@ def run_training(
     finally:
         shutil.rmtree(mailbox.folder, ignore_errors=True)
     if owner is not None:
-        internal_kv._internal_kv_del(_kv_key(owner))  # the run ended and Train removed its placement group
+        _forget_placement_group(owner)  # the run ended and Train removed its placement group
     if "error" in outcome:
         raise outcome["error"]
     result = outcome["result"]
