@@ -34,7 +34,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 SENTINEL = 1e6
 # An epoch counts as diverged when more than this share of its steps were skipped as non-finite...
 DIVERGED_SKIP_SHARE = 0.5
-# ...or when its validation loss exceeds this many times that of a uniform guess (ln K).
+# ...or when its mean training loss (applied steps) or validation loss exceeds this many times that of a uniform
+# guess (ln K).
 DIVERGED_LOSS_FACTOR = 10.0
 EVAL_BATCH_SIZE = 256
 # Rows each worker shuffles locally, in batches, on top of the shuffled block order.
@@ -205,15 +206,20 @@ def epoch_metrics(
     """Global metrics of one epoch from all-reduced sums; every value finite."""
     steps = max(train["steps"], 1.0)
     val_loss = val_loss_sum / max(val_count, 1.0)
+    train_loss = train["loss_sum"] / train["samples"] if train["samples"] else math.inf
     uniform_loss = math.log(len(confusion))
+    # A step whose loss is huge but finite is applied, and can leave weights that validate near a uniform guess:
+    # the training loss must count too, not only the validation loss.
     diverged = (
         train["skipped"] / steps > DIVERGED_SKIP_SHARE
         or not math.isfinite(val_loss)
         or val_loss > DIVERGED_LOSS_FACTOR * uniform_loss
+        or not math.isfinite(train_loss)
+        or train_loss > DIVERGED_LOSS_FACTOR * uniform_loss
     )
     metrics = {
         "epoch": epoch,
-        "train_loss": min(_finite(train["loss_sum"] / train["samples"]), SENTINEL) if train["samples"] else SENTINEL,
+        "train_loss": min(_finite(train_loss), SENTINEL),
         "val_loss": min(_finite(val_loss), SENTINEL),
         "val_acc": float(np.trace(confusion) / max(confusion.sum(), 1.0)),
         "val_macro_f1": macro_f1_from_confusion(confusion),

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-EPOCHS = 8
+# Members report every 2 epochs and an epoch takes about half a second: enough epochs after the interrupt at epoch 4
+# that the experiment cannot finish before Tune acts on it (with 8, it once did, and exited 0 as a finished run).
+EPOCHS = 24
 
 
 @pytest.mark.slow
@@ -32,7 +34,7 @@ def test_interrupted_experiment_resumes_from_member_checkpoints(tmp_path):
         if len(list((results / "tune").glob("trial_function_*/checkpoint_000001"))) >= 2:
             os.kill(first.pid, signal.SIGINT)
             break
-        time.sleep(1)
+        time.sleep(0.25)
     first.wait(timeout=300)
     output = log.read_text()
     assert first.returncode == 130, output[-3000:]
