@@ -95,9 +95,10 @@ def d4_transform(pixels: np.ndarray, elements: np.ndarray) -> np.ndarray:
 class D4Collate:
     """Turns a Ray Data numpy batch into tensors with a random D4 element applied to each patch.
 
-    Passed as ``collate_fn`` to ``iter_torch_batches`` on each training worker, so augmentation runs in Ray Data's
-    prefetch thread beside the model rather than as Ray tasks competing with training for CPUs. Seeded per worker
-    and epoch, so a run is reproducible and every epoch sees different views of each patch.
+    Passed (as :class:`data.collate.RayD4Collate`) to ``iter_torch_batches`` on each training worker, so
+    augmentation runs in Ray Data's prefetch thread beside the model rather than as Ray tasks competing with training
+    for CPUs. Seeded per worker and epoch, so a run is reproducible and every epoch sees different views of each
+    patch.
 
     Args:
         seed: Seed of this worker's augmentation for one epoch.

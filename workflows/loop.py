@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from data.format import PatchMetadata
-from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats, D4Collate
+from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats
 from resnet import ResNet, ResNetConfig
 from resnet.preflight import check as preflight_check
 from workflows.config import TrainConfig
@@ -262,6 +262,8 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     from ray.train.v2._internal.execution import context as train_context
 
+    from data.collate import RayD4Collate
+
     # Train logs every report ("Reporting training result N: TrainingReport(...)") at INFO on a logger named after
     # its file, outside the "ray.train" loggers that LoggingConfig quiets: two long lines per epoch per worker.
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
@@ -315,7 +317,7 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         started = time.perf_counter()
         batches = train_shard.iter_torch_batches(
             batch_size=per_worker_batch,
-            collate_fn=D4Collate(seed=(cfg.seed * 1_000_003 + epoch) * 1009 + rank),
+            collate_fn=RayD4Collate(seed=(cfg.seed * 1_000_003 + epoch) * 1009 + rank),
             local_shuffle_buffer_size=SHUFFLE_BATCHES * per_worker_batch,
             local_shuffle_seed=cfg.seed * 1_000_003 + epoch,
         )

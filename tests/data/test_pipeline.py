@@ -1,0 +1,103 @@
+"""The Ray Data pipeline's pieces: training-split statistics, normalisation, D4 augmentation, and the Ray feed."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from data import DEFAULT_DATASET_DIR
+from data.format import read_dataset
+from data.pipeline import (
+    LABEL_COLUMN,
+    MIN_STD,
+    PIXELS_COLUMN,
+    D4Collate,
+    build_ray_datasets,
+    compute_band_stats,
+    d4_transform,
+    normalise,
+)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return read_dataset(DEFAULT_DATASET_DIR)
+
+
+def test_band_stats_are_per_band_with_a_floor_for_constant_bands():
+    rng = np.random.default_rng(0)
+    pixels = rng.normal(loc=[[[[100.0]], [[-3.0]], [[7.0]]]], scale=[[[[5.0]], [[0.5]], [[0.0]]]], size=(40, 3, 4, 4))
+    stats = compute_band_stats(pixels)
+    np.testing.assert_allclose(stats.mean, pixels.mean(axis=(0, 2, 3)))
+    np.testing.assert_allclose(stats.std[:2], pixels.std(axis=(0, 2, 3))[:2])
+    assert stats.std[2] == MIN_STD  # a constant band does not divide by zero
+
+
+def test_every_split_is_normalised_with_the_training_statistics(dataset):
+    stats = compute_band_stats(dataset.train.pixels)
+    train = normalise(dataset.train.pixels, stats)
+    np.testing.assert_allclose(train.mean(axis=(0, 2, 3)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(train.std(axis=(0, 2, 3)), 1.0, atol=1e-4)
+    val = normalise(dataset.val.pixels, stats)
+    expected = (dataset.val.pixels - stats.mean.reshape(1, -1, 1, 1)) / stats.std.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(val, expected, rtol=1e-5, atol=1e-5)
+    assert val.dtype == np.float32 and val.shape == dataset.val.pixels.shape
+
+
+def test_the_eight_square_elements_are_distinct_rearrangements_of_the_patch():
+    patch = np.arange(2 * 5 * 5, dtype=np.float32).reshape(1, 2, 5, 5)  # no symmetry: every element differs
+    views = [d4_transform(patch, np.array([k]))[0] for k in range(8)]
+    np.testing.assert_array_equal(views[0], patch[0])
+    assert len({view.tobytes() for view in views}) == 8
+    for view in views:
+        for band in range(2):  # each band's pixels are moved, never mixed with another band's
+            np.testing.assert_array_equal(np.sort(view[band], axis=None), np.sort(patch[0, band], axis=None))
+
+
+def test_non_square_patches_keep_their_shape_with_four_distinct_elements():
+    patch = np.arange(3 * 4, dtype=np.float32).reshape(1, 1, 3, 4)
+    views = [d4_transform(patch, np.array([k]))[0] for k in range(8)]
+    assert all(view.shape == (1, 3, 4) for view in views)
+    assert len({view.tobytes() for view in views}) == 4
+
+
+def test_each_patch_gets_its_own_element():
+    patches = np.repeat(np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4), 3, axis=0)
+    moved = d4_transform(patches, np.array([0, 1, 4]))
+    np.testing.assert_array_equal(moved[0], patches[0])
+    np.testing.assert_array_equal(moved[1, 0], np.rot90(patches[1, 0]))
+    np.testing.assert_array_equal(moved[2, 0], patches[2, 0, :, ::-1])
+
+
+def test_collate_is_seeded_and_keeps_labels():
+    rng = np.random.default_rng(1)
+    batch = {PIXELS_COLUMN: rng.normal(size=(32, 3, 6, 6)), LABEL_COLUMN: rng.integers(0, 7, size=32)}
+    first, again, other = D4Collate(seed=5)(batch), D4Collate(seed=5)(batch), D4Collate(seed=6)(batch)
+    assert first[PIXELS_COLUMN].dtype == torch.float32 and first[LABEL_COLUMN].dtype == torch.int64
+    assert torch.equal(first[PIXELS_COLUMN], again[PIXELS_COLUMN])
+    assert not torch.equal(first[PIXELS_COLUMN], other[PIXELS_COLUMN])
+    assert torch.equal(first[LABEL_COLUMN], torch.from_numpy(batch[LABEL_COLUMN]))
+
+
+def test_ray_feed_is_normalised_augmented_and_free_of_deprecation_warnings(ray_cluster, dataset):
+    from ray.data.collate_fn import NumpyBatchCollateFn
+    from ray.util.annotations import RayDeprecationWarning
+
+    from data.collate import RayD4Collate
+
+    stats = compute_band_stats(dataset.train.pixels)
+    built = build_ray_datasets(dataset, stats)
+    assert built["train"].count() == len(dataset.train.labels) and built["val"].count() == len(dataset.val.labels)
+    collate = RayD4Collate(seed=3)
+    assert isinstance(collate, NumpyBatchCollateFn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RayDeprecationWarning)  # as a plain callable as collate_fn does
+        batches = list(built["train"].iter_torch_batches(batch_size=64, collate_fn=collate))
+    pixels = torch.cat([b[PIXELS_COLUMN] for b in batches]).numpy()
+    labels = torch.cat([b[LABEL_COLUMN] for b in batches]).numpy()
+    assert pixels.shape == dataset.train.pixels.shape
+    np.testing.assert_array_equal(np.bincount(labels), np.bincount(dataset.train.labels))
+    # Flips and rotations move pixels within a patch, so per-band statistics stay those of normalised data.
+    np.testing.assert_allclose(pixels.mean(axis=(0, 2, 3)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(pixels.std(axis=(0, 2, 3)), 1.0, atol=1e-4)
