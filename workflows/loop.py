@@ -206,20 +206,19 @@ def epoch_metrics(
     """Global metrics of one epoch from all-reduced sums; every value finite."""
     steps = max(train["steps"], 1.0)
     val_loss = val_loss_sum / max(val_count, 1.0)
-    train_loss = train["loss_sum"] / train["samples"] if train["samples"] else math.inf
-    uniform_loss = math.log(len(confusion))
+    # Mean over the applied steps; none applied (every step skipped) is judged by the skipped share alone.
+    train_loss = train["loss_sum"] / train["samples"] if train["samples"] else None
+    limit = DIVERGED_LOSS_FACTOR * math.log(len(confusion))  # ln K: the loss of a uniform guess
     # A step whose loss is huge but finite is applied, and can leave weights that validate near a uniform guess:
-    # the training loss must count too, not only the validation loss.
+    # the training loss must count too, not only the validation loss. "not x <= limit" is also true for NaN and inf.
     diverged = (
         train["skipped"] / steps > DIVERGED_SKIP_SHARE
-        or not math.isfinite(val_loss)
-        or val_loss > DIVERGED_LOSS_FACTOR * uniform_loss
-        or not math.isfinite(train_loss)
-        or train_loss > DIVERGED_LOSS_FACTOR * uniform_loss
+        or not val_loss <= limit
+        or (train_loss is not None and not train_loss <= limit)
     )
     metrics = {
         "epoch": epoch,
-        "train_loss": min(_finite(train_loss), SENTINEL),
+        "train_loss": SENTINEL if train_loss is None else min(_finite(train_loss), SENTINEL),
         "val_loss": min(_finite(val_loss), SENTINEL),
         "val_acc": float(np.trace(confusion) / max(confusion.sum(), 1.0)),
         "val_macro_f1": macro_f1_from_confusion(confusion),

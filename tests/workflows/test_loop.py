@@ -52,6 +52,10 @@ def test_huge_but_finite_training_loss_is_diverged_even_when_validation_looks_no
     assert metrics["train_loss"] == SENTINEL
 
 
+def test_an_epoch_without_training_steps_is_judged_by_its_validation_alone():
+    assert not _flag(_train_sums(0.0, samples=0.0, steps=0.0))["diverged"]
+
+
 def test_skipped_steps_or_exploded_validation_are_diverged():
     assert _flag(_train_sums(0.0, samples=0.0, skipped=4.0))["diverged"]
     assert _flag(_train_sums(190.0), val_loss=float("inf"))["diverged"]
