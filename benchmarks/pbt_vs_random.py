@@ -16,7 +16,7 @@ non-finite or exploded loss), and as failed when its final test accuracy is belo
 also leave a member stuck near chance with a finite loss, which the divergence guard does not flag.
 
 Example:
-    python benchmarks/pbt_vs_random.py                  # 4 members x 30 epochs, seeds 0 1 2 (about 7 min)
+    python benchmarks/pbt_vs_random.py                  # 4 members x 30 epochs, seeds 0 1 2 (about 8 min)
     python benchmarks/pbt_vs_random.py --quick          # 2 members x 4 epochs, width 16, one seed (about 1 min)
     python benchmarks/pbt_vs_random.py --data data/my-patches --seeds 0 1 2 3
 """

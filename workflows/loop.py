@@ -191,8 +191,9 @@ def macro_f1_from_confusion(confusion: np.ndarray) -> float:
     return float(f1.mean())
 
 
-def _finite(value: float) -> float:
-    return value if math.isfinite(value) else SENTINEL
+def _capped(value: float) -> float:
+    """``value``, or ``SENTINEL`` in place of anything larger, infinite or NaN."""
+    return min(value, SENTINEL) if math.isfinite(value) else SENTINEL
 
 
 def epoch_metrics(
@@ -218,12 +219,12 @@ def epoch_metrics(
     )
     metrics = {
         "epoch": epoch,
-        "train_loss": SENTINEL if train_loss is None else min(_finite(train_loss), SENTINEL),
-        "val_loss": min(_finite(val_loss), SENTINEL),
+        "train_loss": SENTINEL if train_loss is None else _capped(train_loss),
+        "val_loss": _capped(val_loss),
         "val_acc": float(np.trace(confusion) / max(confusion.sum(), 1.0)),
         "val_macro_f1": macro_f1_from_confusion(confusion),
-        "grad_norm_mean": min(train["norm_sum"] / train["norm_count"], SENTINEL) if train["norm_count"] else SENTINEL,
-        "grad_norm_max": min(train["norm_max"], SENTINEL) if train["norm_count"] else SENTINEL,
+        "grad_norm_mean": _capped(train["norm_sum"] / train["norm_count"]) if train["norm_count"] else SENTINEL,
+        "grad_norm_max": _capped(train["norm_max"]) if train["norm_count"] else SENTINEL,
         "skipped_steps": int(train["skipped"]),
         "steps": int(train["steps"]),
         "lr": cfg.lr,
