@@ -1,6 +1,17 @@
 """Shared fixtures: a small Ray cluster that the tests start and stop themselves."""
 
+import dataclasses
+import os
+import shutil
+import socket
+import tempfile
+import uuid
+from pathlib import Path
+
 import pytest
+
+# Environment variable that marks every process of a head a test started, so the test stops exactly those.
+HEAD_MARKER = "SATRESNET_TEST_HEAD"
 
 
 @pytest.fixture(scope="module")
@@ -30,3 +41,77 @@ def alive_actors():
         return [actor for actor in found if actor["ActorClassName"] == class_name]
 
     return actors_of
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadEnvironment:
+    """Where a test's own Ray head lives: an empty HOME, its own temp folder and free ports."""
+
+    env: dict
+    home: Path
+    tmpdir: Path
+    ray_port: int
+    dashboard_port: int
+    agent_port: int
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def stop_marked_processes(marker: str, timeout_s: float = 20.0) -> int:
+    """Stop every process whose environment carries ``marker`` (SIGTERM, then SIGKILL); returns how many."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(HEAD_MARKER) == marker:
+                found.append(process)
+        except (psutil.Error, OSError):
+            continue
+    for process in found:
+        try:
+            process.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(found, timeout=timeout_s)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    return len(found)
+
+
+@pytest.fixture
+def head_environment(tmp_path):
+    """An environment for a Ray head that a test starts through the CLI (``ray start``, ``quickstart.sh``).
+
+    HOME is empty (no ``~/.ray/auth_token`` from earlier runs), TMPDIR is the test's own (Ray's session folder and
+    anything else left behind land there), and ports are free ones, so the test neither sees nor touches another
+    cluster. Teardown stops exactly the processes started with this environment: each carries a marker variable.
+    """
+    home = tmp_path / "home"
+    home.mkdir()
+    # Short: Ray puts its sockets under TMPDIR, and a Unix socket path must stay under 108 characters.
+    tmpdir = Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
+    marker = uuid.uuid4().hex
+    ray_port, dashboard_port, agent_port = _free_ports(3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), TMPDIR=str(tmpdir), RAY_AUTH_MODE="token", **{HEAD_MARKER: marker})
+    try:
+        yield HeadEnvironment(env, home, tmpdir, ray_port, dashboard_port, agent_port)
+    finally:
+        stop_marked_processes(marker)
+        shutil.rmtree(tmpdir, ignore_errors=True)
