@@ -70,7 +70,7 @@ def random_members(count: int, lr_range: tuple[float, float], epochs: int, seed:
 def final_checkpoints(tune_dir: Path) -> dict[str, Path]:
     """Each trial's last checkpoint folder in the job's Tune folder, by trial folder name."""
     found = {}
-    for trial in sorted(tune_dir.glob("trial_function_*")):
+    for trial in sorted(tune_dir.glob("pbt_member_*")):
         checkpoints = sorted(trial.glob("checkpoint_*"))
         if checkpoints:
             found[trial.name] = checkpoints[-1]

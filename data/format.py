@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +21,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data.atomic import check_replaceable, write_file_atomic, write_folder_atomic
+from data.messages import brief_list, one_line
+
 PATCH_ID = "patch_id"
 LABEL = "label"
 PIXELS = "pixels"
 METADATA_KEY = "patches"
 SPLITS = ("train", "val", "test")
 PARQUET_SUFFIX = ".parquet"
+# Everything a dataset folder holds; only a folder of these is ever replaced.
+DATASET_FILES = tuple(f"{name}{PARQUET_SUFFIX}" for name in SPLITS)
 PIXEL_DTYPE = np.float32
+MIN_PATCH_SIZE = 3  # smallest patch height and width: the model's first 3x3 convolution must fit
+
+# Names shown per list in a dataset's printed summary (a list of thousands of bands would flood the terminal).
+SUMMARY_LISTED = 20
 
 # Fractions carved from a single unsplit file (train, val, test), stratified by class.
 DEFAULT_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
@@ -119,6 +126,11 @@ class PatchMetadata:
             value = body[name]
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise PatchFormatError(f"{where}: metadata '{name}' must be a positive integer, got {value!r}")
+        if body["height"] < MIN_PATCH_SIZE or body["width"] < MIN_PATCH_SIZE:
+            raise PatchFormatError(
+                f"{where}: has {body['height']}x{body['width']} patches; height and width must be >= {MIN_PATCH_SIZE} "
+                "for the model's first 3x3 convolution"
+            )
         units = body.get("units")
         if units is not None and (
             not isinstance(units, list) or len(units) != len(bands) or not all(isinstance(u, str) for u in units)
@@ -191,9 +203,9 @@ class PatchDataset:
         """Indented lines describing the splits, bands, patch size and classes, for the entry scripts to print."""
         meta = self.metadata
         lines = [f"  {name}: {len(split)} patches" for name, split in self.splits.items()]
-        lines.append(f"  bands ({meta.num_bands}): {', '.join(meta.bands)}")
+        lines.append(f"  bands ({meta.num_bands}): {brief_list(meta.bands, SUMMARY_LISTED)}")
         lines.append(f"  patch size: {meta.height} x {meta.width}")
-        lines.append(f"  classes ({meta.num_classes}): {', '.join(meta.classes)}")
+        lines.append(f"  classes ({meta.num_classes}): {brief_list(meta.classes, SUMMARY_LISTED)}")
         return lines
 
 
@@ -251,22 +263,15 @@ def write_split(path: str | os.PathLike, split: PatchSplit, metadata: PatchMetad
 
 def write_table_atomic(path: Path, table: pa.Table) -> None:
     """Write a Parquet file under a temporary name in the same folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file_atomic(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
 
 
 def write_dataset(folder: str | os.PathLike, dataset: PatchDataset, *, overwrite: bool = False) -> None:
-    """Write a dataset folder atomically: all splits go to a temporary sibling folder that is then renamed.
+    """Write a dataset folder atomically: all splits go to a temporary sibling folder that is then swapped in.
 
     With ``overwrite``, an existing dataset folder is moved aside, replaced, and only then deleted; a folder that
-    holds anything but Parquet files is never replaced (so a mistyped path cannot wipe unrelated files).
+    holds anything but a dataset's files (:data:`DATASET_FILES`) is never replaced, so a mistyped path cannot wipe
+    unrelated files.
 
     Raises:
         FileExistsError: ``folder`` exists and ``overwrite`` is false, or it is not a dataset folder.
@@ -274,42 +279,23 @@ def write_dataset(folder: str | os.PathLike, dataset: PatchDataset, *, overwrite
             any problem :func:`to_table` finds).
     """
     folder = Path(folder)
-    if folder.exists() or folder.is_symlink():
-        if not overwrite:
-            raise FileExistsError(f"{folder}: already exists; choose another folder or pass overwrite")
-        _check_replaceable(folder)
+    check_dataset_replaceable(folder, overwrite=overwrite)
     unknown = sorted(set(dataset.splits) - set(SPLITS))
     if unknown or "train" not in dataset.splits:
         raise PatchFormatError(f"{folder}: splits must include train and be among {', '.join(SPLITS)}, got {unknown}")
     _check_ids_across_splits(dataset, folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    old: Path | None = None
-    try:
+    with write_folder_atomic(folder, DATASET_FILES, "dataset", overwrite=overwrite) as tmp:
         for name, split in dataset.splits.items():
             write_split(tmp / f"{name}{PARQUET_SUFFIX}", split, dataset.metadata)
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-            os.replace(folder, old / folder.name)
-        os.replace(tmp, folder)
-    except BaseException:
-        if old is not None and not folder.exists():
-            os.replace(old / folder.name, folder)  # put the previous dataset back
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
-def _check_replaceable(folder: Path) -> None:
-    if folder.is_symlink() or not folder.is_dir():
-        raise FileExistsError(f"{folder}: exists and is not a dataset folder; refusing to replace it")
-    others = [p.name for p in folder.iterdir() if not (p.is_file() and p.name.endswith(PARQUET_SUFFIX))]
-    if others:
-        raise FileExistsError(
-            f"{folder}: holds {', '.join(sorted(others)[:3])}, not only Parquet files; refusing to replace it"
-        )
+def check_dataset_replaceable(folder: str | os.PathLike, *, overwrite: bool) -> None:
+    """Refuse, before any work, a dataset folder that exists (unless ``overwrite``) or holds other files.
+
+    Raises:
+        FileExistsError: One line naming the folder and what is in the way.
+    """
+    check_replaceable(folder, DATASET_FILES, "dataset", overwrite=overwrite)
 
 
 def read_metadata(path: str | os.PathLike) -> PatchMetadata:
@@ -338,11 +324,7 @@ def _metadata_of(schema: pa.Schema, path: Path) -> PatchMetadata:
 
 
 def _corrupt(path: Path, err: BaseException) -> PatchFormatError:
-    return PatchFormatError(f"{path}: not a readable Parquet file, truncated or corrupt ({_one_line(err)})")
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:200]
+    return PatchFormatError(f"{path}: not a readable Parquet file, truncated or corrupt ({one_line(err)})")
 
 
 def read_split(path: str | os.PathLike, *, require_labels: bool = True) -> tuple[PatchSplit, PatchMetadata]:
@@ -365,7 +347,9 @@ def read_split(path: str | os.PathLike, *, require_labels: bool = True) -> tuple
     required = [PATCH_ID, PIXELS] + ([LABEL] if require_labels else [])
     missing = [name for name in required if name not in schema.names]
     if missing:
-        raise PatchFormatError(f"{path}: missing column {', '.join(repr(m) for m in missing)}; found {schema.names}")
+        raise PatchFormatError(
+            f"{path}: missing column {', '.join(map(repr, missing))}; found {brief_list(schema.names, quote=True)}"
+        )
     try:
         table = pq.read_table(path)
         # Full validation catches what decoding lets through from a damaged file, such as invalid UTF-8 in strings.
@@ -455,7 +439,7 @@ def _read_labels(table: pa.Table, path: Path, metadata: PatchMetadata) -> np.nda
     labels = np.empty(len(names), dtype=np.int64)
     for row, name in enumerate(names):
         if name not in index:
-            known = ", ".join(metadata.classes)
+            known = brief_list(metadata.classes)
             raise PatchFormatError(f"{path}: row {row}: unknown label {name!r}; classes are {known}")
         labels[row] = index[name]
     return labels
@@ -546,7 +530,13 @@ def read_dataset(folder: str | os.PathLike, *, seed: int = DEFAULT_SPLIT_SEED) -
 
 def _difference(a: PatchMetadata, b: PatchMetadata) -> str:
     fields = ("bands", "height", "width", "classes", "units", "nodata")
-    return "; ".join(f"{f}: {getattr(a, f)} vs {getattr(b, f)}" for f in fields if getattr(a, f) != getattr(b, f))
+    return "; ".join(
+        f"{f}: {_shown(getattr(a, f))} vs {_shown(getattr(b, f))}" for f in fields if getattr(a, f) != getattr(b, f)
+    )
+
+
+def _shown(value: object) -> str:
+    return f"({brief_list(value)})" if isinstance(value, tuple) else str(value)
 
 
 def _check_ids_across_splits(dataset: PatchDataset, folder: Path) -> None:

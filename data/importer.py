@@ -19,21 +19,23 @@ import numpy as np
 from data.format import (
     DEFAULT_SPLIT_FRACTIONS,
     DEFAULT_SPLIT_SEED,
+    MIN_PATCH_SIZE,
     PIXEL_DTYPE,
     PatchDataset,
     PatchFormatError,
     PatchMetadata,
     PatchSplit,
+    check_dataset_replaceable,
     split_counts,
     stratified_split,
     write_dataset,
 )
+from data.messages import brief_list, one_line, plain
 
 X, Y, BAND_NAMES, CLASS_NAMES = "x", "y", "band_names", "class_names"
 # The keys of each split's arrays; "train" comes from x/y (minus whatever is carved from them).
 SPLIT_KEYS = {"train": (X, Y), "val": ("x_val", "y_val"), "test": ("x_test", "y_test")}
 KNOWN_KEYS = frozenset({BAND_NAMES, CLASS_NAMES, *(key for pair in SPLIT_KEYS.values() for key in pair)})
-MIN_SIZE = 3  # smallest patch height and width: one 3x3 convolution must fit
 MIN_CLASSES = 2
 DEFAULT_VAL_FRACTION, DEFAULT_TEST_FRACTION = DEFAULT_SPLIT_FRACTIONS[1], DEFAULT_SPLIT_FRACTIONS[2]
 
@@ -70,11 +72,10 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if isinstance(err, NpzImportError):
             raise
         where = f"{path}: key '{key}'" if key is not None else str(path)
-        detail = " ".join(str(err).split())[:200]
-        raise NpzImportError(f"{where}: cannot be read as an .npz archive without pickle ({detail})") from None
+        raise NpzImportError(f"{where}: cannot be read as an .npz archive without pickle ({one_line(err)})") from None
     unknown = sorted(set(arrays) - KNOWN_KEYS)
     if unknown:
-        raise NpzImportError(f"{path}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(KNOWN_KEYS))}")
+        raise NpzImportError(f"{path}: unknown key(s) {brief_list(unknown)}; expected {', '.join(sorted(KNOWN_KEYS))}")
     return arrays
 
 
@@ -187,9 +188,7 @@ def import_npz_to_folder(
         NpzImportError: The file or its arrays are not importable.
         FileExistsError: ``folder`` exists and ``overwrite`` is false, or it is not a dataset folder.
     """
-    folder = Path(folder)
-    if folder.exists() and not overwrite:
-        raise FileExistsError(f"{folder}: already exists; choose another folder or pass overwrite")
+    check_dataset_replaceable(folder, overwrite=overwrite)  # before reading a possibly large archive
     dataset = import_npz(path, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     write_dataset(folder, dataset, overwrite=overwrite)
     return dataset
@@ -204,8 +203,8 @@ def _pixels(x: np.ndarray, source: str, key: str) -> np.ndarray:
     n, c, h, w = x.shape
     if n == 0 or c == 0:
         raise NpzImportError(f"{source}: key '{key}' has no {'patches' if n == 0 else 'bands'} (shape {x.shape})")
-    if h < MIN_SIZE or w < MIN_SIZE:
-        raise NpzImportError(f"{source}: key '{key}' has {h}x{w} patches; height and width must be >= {MIN_SIZE}")
+    if h < MIN_PATCH_SIZE or w < MIN_PATCH_SIZE:
+        raise NpzImportError(f"{source}: key '{key}' has {h}x{w} patches; height and width must be >= {MIN_PATCH_SIZE}")
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, reported below
         pixels = np.ascontiguousarray(x, dtype=PIXEL_DTYPE)
     finite = np.isfinite(pixels).reshape(n, -1).all(axis=1)
@@ -227,7 +226,9 @@ def _labels(y: np.ndarray, source: str, key: str) -> np.ndarray:
         whole = np.isfinite(y) & (y == np.round(y))
         if not whole.all():
             row = int(np.flatnonzero(~whole)[0])
-            raise NpzImportError(f"{source}: key '{key}' row {row} is {y[row]!r}, not a whole-number or string label")
+            raise NpzImportError(
+                f"{source}: key '{key}' row {row} is {plain(y[row])!r}, not a whole-number or string label"
+            )
         return y.astype(np.int64)
     if y.dtype.kind in "US":
         return np.asarray(_strings(y, source, key), dtype=object)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.atomic import check_replaceable, write_folder_atomic
 from data.format import PatchFormatError, PatchMetadata
+from data.messages import brief_list, one_line, torch_load_failure
 from data.pipeline import BandStats
 from resnet import ResNet, ResNetConfig
 from workflows.evaluate import predict_probabilities
@@ -31,6 +31,7 @@ from workflows.loop import load_checkpoint
 
 WEIGHTS_FILE = "weights.pt"
 INFO_FILE = "bundle.json"
+BUNDLE_FILES = (WEIGHTS_FILE, INFO_FILE)  # everything a bundle folder holds; only such a folder is replaced
 BUNDLE_FORMAT = "satresnet-model-bundle"
 BUNDLE_VERSION = 1
 REQUIRED_KEYS = ("format", "version", "model_config", "band_stats", "metadata")
@@ -87,15 +88,12 @@ def export_bundle(
         FileExistsError: ``bundle_dir`` exists and ``overwrite`` is false, or it is not a bundle folder.
     """
     bundle_dir = Path(bundle_dir)
-    if bundle_dir.exists() or bundle_dir.is_symlink():
-        if not overwrite:
-            raise FileExistsError(f"{bundle_dir}: already exists; choose another folder or pass overwrite")
-        _check_replaceable(bundle_dir)
+    check_replaceable(bundle_dir, BUNDLE_FILES, "bundle", overwrite=overwrite)
     try:
         state = load_checkpoint(checkpoint_dir)
         metadata = PatchMetadata.from_json(state["metadata"], where=f"{checkpoint_dir} metadata")
     except ValueError as err:
-        raise BundleError(_one_line(err)) from None
+        raise BundleError(one_line(err)) from None
     info: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
@@ -110,34 +108,11 @@ def export_bundle(
     info.update(extra or {})
     weights = {name: tensor.detach().cpu().contiguous() for name, tensor in state["model"].items()}
 
-    bundle_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.", suffix=".tmp", dir=bundle_dir.parent))
-    old: Path | None = None
-    try:
+    with write_folder_atomic(bundle_dir, BUNDLE_FILES, "bundle", overwrite=overwrite) as tmp:
         torch.save(weights, tmp / WEIGHTS_FILE)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         load_bundle(tmp)  # never publish a bundle that its own loader rejects
-        if bundle_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{bundle_dir.name}.", suffix=".old", dir=bundle_dir.parent))
-            os.replace(bundle_dir, old / bundle_dir.name)
-        os.replace(tmp, bundle_dir)
-    except BaseException:
-        if old is not None and not bundle_dir.exists():
-            os.replace(old / bundle_dir.name, bundle_dir)  # put the previous bundle back
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     return bundle_dir
-
-
-def _check_replaceable(folder: Path) -> None:
-    if folder.is_symlink() or not folder.is_dir():
-        raise FileExistsError(f"{folder}: exists and is not a model bundle folder; refusing to replace it")
-    others = sorted(p.name for p in folder.iterdir() if p.name not in (WEIGHTS_FILE, INFO_FILE))
-    if others:
-        raise FileExistsError(f"{folder}: holds {', '.join(others[:3])}, not only bundle files; refusing to replace it")
 
 
 def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
@@ -173,7 +148,7 @@ def _read_info(path: Path) -> dict[str, Any]:
     try:
         info = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"{path}: not valid JSON ({_one_line(err)})") from None
+        raise BundleError(f"{path}: not valid JSON ({one_line(err)})") from None
     if not isinstance(info, dict):
         raise BundleError(f"{path}: must hold a JSON object")
     missing = [key for key in REQUIRED_KEYS if key not in info]
@@ -195,9 +170,9 @@ def _parse(path: Path, info: dict[str, Any], key: str, build: Callable[[Any], An
     except BundleError:
         raise
     except PatchFormatError as err:
-        raise BundleError(f"{path}: '{key}' is invalid: {_one_line(err).removeprefix(f'{path}: ')}") from None
+        raise BundleError(f"{path}: '{key}' is invalid: {one_line(err).removeprefix(f'{path}: ')}") from None
     except (ValueError, TypeError, KeyError) as err:
-        raise BundleError(f"{path}: '{key}' is invalid ({_one_line(err)})") from None
+        raise BundleError(f"{path}: '{key}' is invalid ({one_line(err)})") from None
 
 
 def _band_stats(body: dict[str, Any]) -> BandStats:
@@ -240,7 +215,7 @@ def _read_weights(path: Path, model: ResNet) -> dict[str, torch.Tensor]:
     try:
         weights = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to unpickle means the file is unusable
-        raise BundleError(f"{path}: not a readable weights file, truncated or corrupt ({_one_line(err)})") from None
+        raise BundleError(torch_load_failure(path, err, "weights file")) from None
     if not isinstance(weights, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
     ):
@@ -249,8 +224,8 @@ def _read_weights(path: Path, model: ResNet) -> dict[str, torch.Tensor]:
     missing = [name for name in expected if name not in weights]
     unexpected = [name for name in weights if name not in expected]
     if missing or unexpected:
-        parts = [f"missing {_names(missing)}"] if missing else []
-        parts += [f"unexpected {_names(unexpected)}"] if unexpected else []
+        parts = [f"missing {brief_list(missing, 3)}"] if missing else []
+        parts += [f"unexpected {brief_list(unexpected, 3)}"] if unexpected else []
         raise BundleError(f"{path}: weights do not fit the model_config's network: {'; '.join(parts)}")
     for name, tensor in expected.items():
         if weights[name].shape != tensor.shape:
@@ -261,11 +236,6 @@ def _read_weights(path: Path, model: ResNet) -> dict[str, torch.Tensor]:
         if weights[name].is_floating_point() and not torch.isfinite(weights[name]).all():
             raise BundleError(f"{path}: weight {name!r} holds a non-finite value (NaN or inf)")
     return weights
-
-
-def _names(names: list[str], limit: int = 3) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def check_compatible(
@@ -290,8 +260,8 @@ def check_compatible(
     if data.bands != model.bands:
         if data.num_bands != model.num_bands:
             problems.append(
-                f"{data.num_bands} bands ({', '.join(data.bands)}) where the model expects {model.num_bands} "
-                f"({', '.join(model.bands)})"
+                f"{data.num_bands} bands ({brief_list(data.bands)}) where the model expects {model.num_bands} "
+                f"({brief_list(model.bands)})"
             )
         else:
             index = next(i for i, (a, b) in enumerate(zip(data.bands, model.bands, strict=True)) if a != b)
@@ -306,12 +276,8 @@ def check_compatible(
             problems.append(f"{name} {getattr(data, name)} where the model expects {getattr(model, name)}")
     if labelled and data.classes != model.classes:
         problems.append(
-            f"classes ({', '.join(data.classes)}) differ from the model's ({', '.join(model.classes)}); "
+            f"classes ({brief_list(data.classes)}) differ from the model's ({brief_list(model.classes)}); "
             "drop the label column to predict anyway"
         )
     if problems:
         raise BundleError(f"{where}: does not match the model bundle: {'; '.join(problems)}")
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:300]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import ray
 
@@ -11,6 +12,8 @@ log = logging.getLogger(__name__)
 
 # The dashboard and job API run arbitrary code for anyone who reaches them: loopback only unless asked otherwise.
 DASHBOARD_HOST = "127.0.0.1"
+# How long to wait for a just-started cluster to report its CPUs.
+RESOURCES_TIMEOUT_S = 10.0
 
 
 def connect(address: str | None = None, num_cpus: int | None = None, dashboard_host: str = DASHBOARD_HOST) -> None:
@@ -39,7 +42,18 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard_h
             log.info("joined the running Ray cluster")
         except ConnectionError:
             ray.init(**start_local)
+    _wait_for_resources()
     _quiet_ray_data()
+
+
+def _wait_for_resources(timeout_s: float = RESOURCES_TIMEOUT_S) -> None:
+    """Wait until the cluster reports its CPUs.
+
+    A head started a moment ago reports none at first, and Ray Data then warns that the job "will hang".
+    """
+    deadline = time.monotonic() + timeout_s
+    while not ray.cluster_resources().get("CPU") and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def _quiet_ray_data() -> None:
@@ -49,6 +63,16 @@ def _quiet_ray_data() -> None:
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    quiet_ray_data_logs()
+
+
+def quiet_ray_data_logs() -> None:
+    """Ray Data's INFO lines ("Dataset … execution finished in …", one per pass) stay in its own log file.
+
+    Its warnings still reach the job log, except the one that says the progress bars we turned off are off.
+    """
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def cluster_cpus() -> float:

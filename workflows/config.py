@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 # The hyperparameters population-based training mutates, named once. After a checkpoint is loaded, the worker
@@ -60,10 +62,10 @@ class TrainConfig:
         problems = []
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not self.lr > 0:
-            problems.append(f"lr must be positive, got {self.lr}")
-        if self.grad_clip is not None and self.grad_clip < 0:
-            problems.append(f"grad_clip must be positive (or 0/None for no clipping), got {self.grad_clip}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be a finite number > 0, got {self.lr}")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            problems.append(f"grad_clip must be a finite number >= 0 (0 or None: no clipping), got {self.grad_clip}")
         for name in ("epochs", "batch_size", "num_workers", "channels", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -71,6 +73,9 @@ class TrainConfig:
             problems.append(f"batch_size ({self.batch_size}) must be at least num_workers ({self.num_workers})")
         if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
             problems.append("dropout and label_smoothing must lie in [0, 1)")
+        for name in ("momentum", "weight_decay", "cpus_per_worker"):
+            if not math.isfinite(getattr(self, name)):
+                problems.append(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.weight_decay < 0 or self.cpus_per_worker <= 0:
             problems.append("weight_decay must be >= 0 and cpus_per_worker > 0")
         if problems:
@@ -99,11 +104,20 @@ class TrainConfig:
 def reject_uri(value: object, flag: str = "--results") -> None:
     """Refuse an object-store URI where the scripts need a folder they can write with plain file operations.
 
+    The message shows the URI as typed; for a ``pathlib`` path, which folds ``s3://b`` to ``s3:/b``, the ``//`` is
+    put back.
+
     Raises:
         ValueError: ``value`` looks like ``scheme://…`` (also after ``pathlib`` folded the slashes to ``scheme:/…``).
     """
-    if value is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", str(value)):
+    found = None if value is None else _URI.match(str(value))
+    if found:
+        shown = f"{found.group(1)}://{found.group(2)}" if isinstance(value, PurePath) else str(value)
         raise ValueError(
-            f"{flag} {value}: object-store URIs are not supported yet; use a folder (on a multi-node cluster, one "
+            f"{flag} {shown}: object-store URIs are not supported yet; use a folder (on a multi-node cluster, one "
             "every node mounts at the same path)"
         )
+
+
+# A URI scheme of two or more characters (so that a Windows drive such as C:/ is a folder), then one or two slashes.
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/+(.*)$", re.DOTALL)

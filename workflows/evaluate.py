@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from data.atomic import write_file_atomic
 from data.format import PatchMetadata, PatchSplit
 from data.pipeline import BandStats, normalise
 from resnet import ResNet, ResNetConfig
@@ -105,16 +105,6 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
 
 
 def write_json_atomic(path: str | os.PathLike, body: Any) -> Path:
-    """Write JSON to a temporary file in the same folder and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(body, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write JSON to a temporary file in the same folder and rename it over ``path`` (mode as the umask gives)."""
+    text = json.dumps(body, indent=2, sort_keys=False) + "\n"
+    return write_file_atomic(path, lambda handle: handle.write(text.encode()))

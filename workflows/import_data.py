@@ -18,6 +18,7 @@ from data.importer import (  # noqa: E402
     DEFAULT_VAL_FRACTION,
     import_npz_to_folder,
 )
+from data.messages import one_line  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -72,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
         )
     except (PatchFormatError, OSError) as err:
-        message = " ".join(str(err).split())
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(err, limit=None)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"wrote {args.output}")
     print("\n".join(dataset.summary_lines()))

@@ -6,6 +6,12 @@ and its checkpoint to Tune) go through :func:`run_training`. Train V2's ``TorchT
 waits until the caller has handled it, so a checkpoint is never deleted by Ray's retention before the caller has
 copied it.
 
+Stopping. When the caller stops a run early (Tune replaces a PBT member, whose next ``tune.report`` then raises),
+the run is asked to stop, not killed: a stop file in the run's control folder, which rank 0 reads after every report
+and all workers agree on, ends the training loop, and Train finishes the run as usual. Killing the run instead
+(removing its placement group) made Ray count every killed worker and its task as failed on the dashboard and print
+Train's shutdown traceback into the job log. Only a run that does not stop within :data:`GRACEFUL_STOP_S` is killed.
+
 Placement groups. Train removes a run's placement group when the run ends; when the process that called ``fit()``
 dies first, Train's controller dies with it, and Ray itself removes the group only when the whole job ends. Train
 ships a detached cleaner actor for that case, which asks the dashboard's state API once a second whether the
@@ -51,6 +57,13 @@ log = logging.getLogger(__name__)
 
 # How long the controller waits for the caller to handle one report before giving up on the hand-off.
 HANDOFF_TIMEOUT_S = 600.0
+# How long a run asked to stop may take to end by itself (an epoch of the default dataset takes 0.5-2 s) before its
+# placement group is removed. Tune waits for the member's thread longer than this (see workflows/pbt.py).
+GRACEFUL_STOP_S = 20.0
+# Next to the folder where Train keeps its runs: one folder per run for the report hand-off and the stop file, so
+# nothing is left in the system temp folder, and nothing is written into folders Train owns.
+CONTROL_DIR = ".control"
+STOP_FILE = "stop"
 POLL_S = 0.05
 ACK_POLL_S = 0.01
 # Worker-group start-ups that may time out (60 s each by default) before the run fails instead of waiting on.
@@ -189,6 +202,33 @@ def release_placement_group(owner: str) -> bool:
     return removed
 
 
+def _control_folder(storage: str, name: str) -> Path:
+    """A new, empty control folder for run ``name``: beside Train's runs when local, else in the temp folder."""
+    if "://" in storage:
+        return Path(tempfile.mkdtemp(prefix=f"{name}-control-"))
+    folder = Path(storage).parent / CONTROL_DIR / name
+    folder.mkdir(parents=True, exist_ok=False)
+    return folder
+
+
+def _stop_gracefully(stop_file: Path, mailbox: _Mailbox, number: int, thread: threading.Thread) -> bool:
+    """Ask a run to stop after its current epoch and wait for it to end; False when it did not end in time.
+
+    Reports that arrive meanwhile are acknowledged (the controller waits for that) but not passed on.
+    """
+    stop_file.touch()
+    deadline = time.monotonic() + GRACEFUL_STOP_S
+    while thread.is_alive() and time.monotonic() < deadline:
+        if mailbox.take(number + 1) is not None:
+            number += 1
+        mailbox.ack(number)
+        thread.join(POLL_S)
+    if thread.is_alive():
+        log.warning("a stopped run did not end within %.0f s; removing its workers", GRACEFUL_STOP_S)
+        return False
+    return True
+
+
 def unique_run_name(prefix: str) -> str:
     """A run name no earlier run used: Train silently resumes a run whose name and storage path it has seen."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
@@ -233,7 +273,8 @@ def run_training(
     storage = str(storage_path)
     if "://" not in storage:
         storage = str(Path(storage).resolve())
-    mailbox = _Mailbox(tempfile.mkdtemp(prefix=f"{name}-reports-"))
+    control = _control_folder(storage, name)
+    mailbox = _Mailbox(str(control))
     trainer = _TorchTrainer(
         train_func_per_worker,
         train_loop_config={
@@ -241,6 +282,7 @@ def run_training(
             "metadata": metadata.to_json(),
             "band_stats": stats.to_dict(),
             "resume_from": resume_from,
+            "stop_file": str(control / STOP_FILE),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
@@ -297,17 +339,20 @@ def run_training(
                 history.append(per_worker[0])
                 if on_report is not None:
                     on_report(per_worker[0], checkpoint_path)
+            except BaseException:
+                (control / STOP_FILE).touch()  # before the ack, which lets the workers go on and read it
+                raise
             finally:
                 mailbox.ack(number)
         thread.join()
     except BaseException:
-        # Stopped by the caller (Tune ends a replaced PBT member this way): free the CPUs now, while this process
-        # still lives, rather than leave the placement group to a controller that dies with it.
-        if owner is not None:
+        # Stopped by the caller (Tune ends a replaced PBT member this way): ask the run to stop and let it end; only
+        # a run that does not end in time loses its placement group, while this process still lives to remove it.
+        if not _stop_gracefully(control / STOP_FILE, mailbox, number, thread) and owner is not None:
             release_placement_group(owner)
         raise
     finally:
-        shutil.rmtree(mailbox.folder, ignore_errors=True)
+        shutil.rmtree(control, ignore_errors=True)
     if owner is not None:
         _forget_placement_group(owner)  # the run ended and Train removed its placement group
     if "error" in outcome:

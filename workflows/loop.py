@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from data.format import PatchMetadata
+from data.messages import torch_load_failure
 from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats
 from resnet import ResNet, ResNetConfig
 from resnet.preflight import check as preflight_check
@@ -84,7 +86,7 @@ def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure to unpickle means the file is not usable
-        raise ValueError(f"{path}: not a readable checkpoint ({' '.join(str(err).split())[:200]})") from None
+        raise ValueError(torch_load_failure(path, err, "checkpoint")) from None
     missing = {"model", "optimizer", "epoch", "band_stats", "model_config", "metadata"} - set(state)
     if missing:
         raise ValueError(f"{path}: checkpoint lacks {', '.join(sorted(missing))}")
@@ -99,11 +101,12 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _all_reduce(values: list[float], op: dist.ReduceOp) -> np.ndarray:
-    tensor = torch.tensor(values, dtype=torch.float64)
+def _all_reduce(values: list[float], op: dist.ReduceOp, device: torch.device) -> np.ndarray:
+    """Element-wise reduction over the workers, on the training device (NCCL reduces only CUDA tensors)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
     if _distributed():
         dist.all_reduce(tensor, op=op)
-    return tensor.numpy()
+    return tensor.cpu().numpy()
 
 
 def train_epoch(
@@ -136,7 +139,7 @@ def train_epoch(
         loss_value = float(loss.detach())
         bad = not (math.isfinite(loss_value) and math.isfinite(norm))
         # Every worker must agree to skip, or their weights would drift apart.
-        bad = bool(_all_reduce([float(bad)], dist.ReduceOp.MAX)[0])
+        bad = bool(_all_reduce([float(bad)], dist.ReduceOp.MAX, device)[0])
         sums["steps"] += 1
         if bad:
             sums["skipped"] += 1
@@ -256,17 +259,15 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     Args:
         config: ``train`` (a :class:`TrainConfig` dict), ``metadata`` (the dataset's metadata JSON),
             ``band_stats`` (a :class:`BandStats` dict) and optionally ``resume_from`` (a checkpoint folder to start
-            from, for example a PBT donor's).
+            from, for example a PBT donor's) and ``stop_file`` (whose appearance ends the run after the current
+            epoch's report).
     """
     import ray.train
     import ray.train.torch
-    from ray.train.v2._internal.execution import context as train_context
 
     from data.collate import RayD4Collate
 
-    # Train logs every report ("Reporting training result N: TrainingReport(...)") at INFO on a logger named after
-    # its file, outside the "ray.train" loggers that LoggingConfig quiets: two long lines per epoch per worker.
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    quiet_worker_logs()
 
     cfg = TrainConfig.from_dict(config["train"])
     metadata = PatchMetadata.from_json(config["metadata"])
@@ -301,7 +302,7 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
         if rank == 0:
-            log.info("resumed from %s at epoch %d", source, start_epoch)
+            log.debug("resumed from %s at epoch %d", source, start_epoch)  # the caller's report says so
 
     # 4. Re-apply the mutated hyperparameters: loading optimizer state brought back the donor's lr.
     apply_mutable(optimizer, cfg)
@@ -328,11 +329,14 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
             _unwrap(model), eval_loss_fn, val_batches, metadata.num_classes, rank, world
         )
         summed = _all_reduce(
-            [local["loss_sum"], local["samples"], val_loss_sum, val_count, *confusion.ravel()], dist.ReduceOp.SUM
+            [local["loss_sum"], local["samples"], val_loss_sum, val_count, *confusion.ravel()],
+            dist.ReduceOp.SUM,
+            device,
         )
         maxed = _all_reduce(
             [local["steps"], local["skipped"], local["norm_sum"], local["norm_count"], local["norm_max"]],
             dist.ReduceOp.MAX,
+            device,
         )
         train_sums = dict(zip(("steps", "skipped", "norm_sum", "norm_count", "norm_max"), maxed, strict=True))
         train_sums.update(loss_sum=summed[0], samples=summed[1])
@@ -361,6 +365,33 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
                     ray.train.report(metrics, checkpoint=None)
         else:
             ray.train.report(metrics, checkpoint=None)
+        if stop_requested(config.get("stop_file"), rank, device):
+            if rank == 0:
+                log.debug("stopping after epoch %d: the caller asked", epoch)
+            return
+
+
+def stop_requested(stop_file: str | None, rank: int, device: torch.device) -> bool:
+    """Whether the caller asked the run to stop (rank 0 reads the stop file; every worker gets its answer)."""
+    asked = float(rank == 0 and stop_file is not None and os.path.exists(stop_file))
+    return bool(_all_reduce([asked], dist.ReduceOp.MAX, device)[0])
+
+
+def quiet_worker_logs() -> None:
+    """Keep each worker's per-epoch chatter out of the job log; warnings and errors still reach it.
+
+    Train logs every report at INFO on a logger named after its file ("Reporting training result N"), outside the
+    ``ray.train`` loggers that LoggingConfig quiets; Ray Data logs every epoch's pass; the preflight logs its success.
+    """
+    from ray.train.v2._internal.execution import context as train_context
+
+    from workflows.cluster import quiet_ray_data_logs
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    quiet_ray_data_logs()
+    logging.getLogger("resnet.preflight").setLevel(logging.WARNING)
+    # Ray Data hands the batches over as read-only views of Arrow buffers; nothing here writes to them.
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 
 _DTYPES = {PIXELS_COLUMN: torch.float32, LABEL_COLUMN: torch.int64}

@@ -14,7 +14,8 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from data import DEFAULT_DATASET_DIR  # noqa: E402
-from data.format import PatchFormatError, write_dataset  # noqa: E402
+from data.format import PatchFormatError, check_dataset_replaceable, write_dataset  # noqa: E402
+from data.messages import one_line  # noqa: E402
 from data.synthetic import DEFAULT_COUNTS, DEFAULT_SEED, generate  # noqa: E402
 
 EXIT_BAD_INPUT = 2
@@ -53,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     output = DEFAULT_DATASET_DIR if args.output is None else args.output
     counts = {split: getattr(args, split) for split in DEFAULT_COUNTS}
     start = time.perf_counter()
-    dataset = generate(counts, seed=args.seed)
     try:
+        check_dataset_replaceable(output, overwrite=args.overwrite)  # before generating what may be gigabytes
+        dataset = generate(counts, seed=args.seed)
         write_dataset(output, dataset, overwrite=args.overwrite)
     except (PatchFormatError, OSError) as err:
-        hint = "" if args.overwrite else " (pass --overwrite to replace it)"
-        print(f"error: {' '.join(str(err).split())}{hint}", file=sys.stderr)
+        print(f"error: {one_line(err, limit=None)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     size = sum(p.stat().st_size for p in output.glob("*.parquet"))
     print(f"wrote {output} ({size / 1e6:.1f} MB, seed {args.seed}, {time.perf_counter() - start:.1f} s)")

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from data.format import PatchMetadata
 from data.pipeline import BandStats
 from workflows.config import GRAD_CLIP, LR, TrainConfig
-from workflows.launch import run_training, unique_run_name
+from workflows.launch import GRACEFUL_STOP_S, run_training, unique_run_name
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,7 @@ def _owner(checkpoint_dir: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def trial_function(
+def pbt_member(
     config: dict[str, Any],
     base: dict[str, Any],
     metadata_json: str,
@@ -137,6 +139,10 @@ def trial_function(
         storage_path: Where the members' Train runs keep their own checkpoints.
         log_dir: Folder of the members' report logs (one JSON line per report, kept across exploits).
     """
+    quiet_member_logs()
+    # Tune waits this long for a replaced member's thread to end before giving up on reusing its process; the thread
+    # lets its Train run stop by itself (workflows.launch.GRACEFUL_STOP_S). Read by Tune in this process at every reset.
+    os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = str(int(GRACEFUL_STOP_S) + 10)
     context = tune.get_context()
     trial_id = context.get_trial_id()
     clip = config.get(GRAD_CLIP)
@@ -150,20 +156,19 @@ def trial_function(
         if donor.get("trial") == trial_id:
             donor = {}  # its own checkpoint: a resumed experiment or a retried failure, not an exploit
     first = {"value": True}
+    if donor and "metrics" in donor and int(donor.get("epoch", 0)) >= cfg.epochs:
+        # The donor's checkpoint is its last: the member becomes that final state, with nothing left to train. Say so
+        # (Tune and the member's log would otherwise keep its pre-exploit record as its final one), from a copy: the
+        # checkpoint folder is the donor's.
+        metrics = {**donor["metrics"], LR: cfg.lr, GRAD_CLIP: float(cfg.grad_clip or 0.0), "epoch_seconds": 0.0}
+        with tempfile.TemporaryDirectory() as copy:
+            shutil.copytree(start.path, copy, dirs_exist_ok=True)
+            _forward_report(metrics, copy, trial_id, donor, log_dir, first_after_start=True)
+        return
 
     def forward(metrics: dict[str, Any], checkpoint_path: str | None) -> None:
-        metrics = dict(metrics, trial_id=trial_id, reported_at=time.time())
-        metrics["exploited_from"] = donor.get("trial", "") if first["value"] else ""
-        metrics["restored_epoch"] = int(donor.get("epoch", 0)) if first["value"] else 0
+        _forward_report(metrics, checkpoint_path, trial_id, donor, log_dir, first_after_start=first["value"])
         first["value"] = False
-        # Tune rewrites a member's result history when it restores a donor's checkpoint; this log keeps it all.
-        with open(Path(log_dir) / f"{trial_id}{MEMBER_LOG_SUFFIX}", "a") as log_file:
-            log_file.write(json.dumps(metrics) + "\n")
-        if checkpoint_path and Path(checkpoint_path).is_dir():
-            (Path(checkpoint_path) / OWNER_FILE).write_text(json.dumps({"trial": trial_id, "epoch": metrics["epoch"]}))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_path))
-        else:
-            tune.report(metrics)
 
     outcome_dir = Path(storage_path)
     run_training(
@@ -177,6 +182,35 @@ def trial_function(
         on_report=forward,
         owner=f"{log_dir}/{trial_id}",
     )
+
+
+def _forward_report(
+    metrics: dict[str, Any],
+    checkpoint_path: str | None,
+    trial_id: str,
+    donor: dict[str, Any],
+    log_dir: str,
+    first_after_start: bool,
+) -> None:
+    """Log one report in the member's own file and pass it (with its checkpoint, if any) to Tune."""
+    metrics = dict(metrics, trial_id=trial_id, reported_at=time.time())
+    metrics["exploited_from"] = donor.get("trial", "") if first_after_start else ""
+    metrics["restored_epoch"] = int(donor.get("epoch", 0)) if first_after_start else 0
+    # Tune rewrites a member's result history when it restores a donor's checkpoint; this log keeps it all.
+    with open(Path(log_dir) / f"{trial_id}{MEMBER_LOG_SUFFIX}", "a") as log_file:
+        log_file.write(json.dumps(metrics) + "\n")
+    if checkpoint_path and Path(checkpoint_path).is_dir():
+        owner = {"trial": trial_id, "epoch": metrics["epoch"], "metrics": metrics}
+        (Path(checkpoint_path) / OWNER_FILE).write_text(json.dumps(owner))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_path))
+    else:
+        tune.report(metrics)
+
+
+def quiet_member_logs() -> None:
+    """Keep Tune's per-checkpoint INFO lines ("Checkpoint successfully created", "Restored on …") out of the job log."""
+    for name in ("ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def read_member_logs(log_dir: str | Path) -> dict[str, list[dict[str, Any]]]:

@@ -12,16 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import ray
 import torch
 
+from data.atomic import check_creatable
 from data.format import (
+    DATASET_FILES,
+    PARQUET_SUFFIX,
     PATCH_ID,
     PIXELS,
     SPLITS,
@@ -32,9 +38,11 @@ from data.format import (
     read_split,
     write_table_atomic,
 )
+from data.messages import one_line
 from workflows.bundle import BundleError, check_compatible, load_bundle
 from workflows.cluster import cluster_cpus, connect
 from workflows.evaluate import PREDICT_BATCH_SIZE, classification_metrics
+from workflows.flags import positive_int
 
 PREDICTED_LABEL = "predicted_label"
 PROBABILITY_PREFIX = "prob_"
@@ -87,10 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=SPLITS, default="test", help="split to classify when --input is a folder")
     parser.add_argument("--output", type=Path, required=True, help="Parquet file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    parser.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE, help="patches per forward pass")
-    parser.add_argument("--concurrency", type=int, default=None, help="model actors (default: one per cluster CPU)")
+    parser.add_argument("--batch-size", type=positive_int, default=PREDICT_BATCH_SIZE, help="patches per forward pass")
+    parser.add_argument(
+        "--concurrency", type=positive_int, default=None, help="model actors (default: one per cluster CPU)"
+    )
     parser.add_argument("--address", default=None, help="Ray cluster address ('local' starts a private one)")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a new local cluster (default: all)")
+    parser.add_argument(
+        "--num-cpus", type=positive_int, default=None, help="CPUs of a new local cluster (default: all)"
+    )
     return parser
 
 
@@ -110,15 +122,63 @@ def read_input(path: Path, split: str) -> tuple[PatchSplit, PatchMetadata]:
 
 
 def check_output(path: Path, overwrite: bool) -> None:
-    """Refuse an output path that exists (unless ``overwrite``) or is a folder.
+    """Refuse an output path that exists (unless ``overwrite``), is a folder, or whose folder cannot be written.
 
     Raises:
         FileExistsError: The output exists and may not be replaced.
+        OutputLocationError: A part of the output's folder is a file, or it is not writable.
     """
     if path.is_dir():
         raise FileExistsError(f"{path}: is a folder; --output must name a Parquet file")
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise FileExistsError(f"{path}: already exists; pass --overwrite or choose another --output")
+    check_creatable(path, "--output")
+
+
+def check_not_a_source(output: Path, input_path: Path, bundle_dir: Path) -> None:
+    """Refuse an output that is the input, a file of the input dataset folder, or inside the model bundle.
+
+    Paths are compared resolved (symbolic links followed) and, where both exist, with ``os.path.samefile`` (hard
+    links), so no spelling of the path lets the predictions replace what they are computed from.
+
+    Raises:
+        FileExistsError: One line naming what the output would replace.
+    """
+    if _inside(output, bundle_dir):
+        raise FileExistsError(
+            f"--output {output}: is inside the --model bundle folder {bundle_dir}; choose another --output"
+        )
+    if input_path.is_dir():
+        if _inside(output, input_path) and output.name.endswith(PARQUET_SUFFIX):
+            raise FileExistsError(
+                f"--output {output}: is a Parquet file inside the --input dataset folder {input_path}, which would "
+                "change the dataset; choose another --output"
+            )
+        sources: Iterable[Path] = [input_path / name for name in DATASET_FILES] + sorted(input_path.glob("*.parquet"))
+    else:
+        sources = [input_path]
+    for source in sources:
+        if _same_file(output, source):
+            raise FileExistsError(
+                f"--output {output}: is the input file {source}; predictions must not replace the patches, choose "
+                "another --output"
+            )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file: through symbolic links (resolved) or hard links (same inode)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies within it, symbolic links resolved."""
+    folder = folder.resolve()
+    return path.resolve() == folder or folder in path.resolve().parents
 
 
 def input_table(split: PatchSplit) -> pa.Table:
@@ -171,25 +231,34 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         BundleError: The bundle is invalid or the input does not match it.
         PatchFormatError: The input is not in the patch format.
-        FileExistsError: The output exists and ``--overwrite`` was not given.
-        ValueError: A flag has an impossible value.
+        FileExistsError: The output exists and ``--overwrite`` was not given, or it would replace an input.
+        OSError: The output cannot be written.
+        ValueError: A flag has an impossible value, or the output's folder cannot be written.
     """
     if args.batch_size < 1 or (args.concurrency is not None and args.concurrency < 1):
         raise ValueError("--batch-size and --concurrency must be at least 1")
     check_output(args.output, args.overwrite)
+    check_not_a_source(args.output, args.input, args.model)
     bundle = load_bundle(args.model)
     split, metadata = read_input(args.input, args.split)
     where = str(args.input / f"{args.split}.parquet") if args.input.is_dir() else str(args.input)
     check_compatible(bundle.metadata, metadata, where, labelled=split.labels is not None)
 
     started = time.perf_counter()
+    started_ray = not ray.is_initialized()
     connect(args.address, args.num_cpus)
-    connected = time.perf_counter()
-    concurrency = args.concurrency or max(1, int(cluster_cpus()))
-    concurrency = min(concurrency, len(split))
-    print(f"classifying {len(split)} patches from {where} with {concurrency} model actors", flush=True)
-    table = run_inference(split, args.model, args.batch_size, concurrency)
-    finished = time.perf_counter()
+    try:
+        connected = time.perf_counter()
+        concurrency = args.concurrency or max(1, int(cluster_cpus()))
+        concurrency = min(concurrency, len(split))
+        print(f"classifying {len(split)} patches from {where} with {concurrency} model actors", flush=True)
+        table = run_inference(split, args.model, args.batch_size, concurrency)
+        finished = time.perf_counter()
+    finally:
+        if started_ray:
+            # Disconnect (and stop a cluster that this call started) now, not at interpreter exit: torn down then,
+            # the local GCS logged "KillActor RPC failed ... Socket closed" for the pool's actors after our output.
+            ray.shutdown()
 
     if table.num_rows != len(split) or table.column(PATCH_ID).to_pylist() != split.patch_ids.tolist():
         raise RuntimeError(f"Ray Data returned {table.num_rows} rows for {len(split)} patches, or out of order")
@@ -229,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         predict(args)
-    except (BundleError, PatchFormatError, FileExistsError, ValueError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+    except (BundleError, PatchFormatError, OSError, ValueError) as err:
+        print(f"error: {one_line(err, limit=None)}", file=sys.stderr)
         return 2
     return 0
 

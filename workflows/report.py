@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import matplotlib
 
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from data.atomic import write_file_atomic
 from workflows.config import GRAD_CLIP, LR
 
 SUMMARY_FILE = "report.json"
@@ -61,7 +61,7 @@ def write_report(pbt: dict[str, Any], test_metrics: dict[str, Any], out_dir: str
         CONFUSION_PLOT: _save_figure(_plot_confusion(test_metrics), out / CONFUSION_PLOT),
     }
     body = json.dumps(_summary(pbt, test_metrics), indent=2) + "\n"
-    written[SUMMARY_FILE] = _write_atomic(out / SUMMARY_FILE, lambda handle: handle.write(body.encode()))
+    written[SUMMARY_FILE] = write_file_atomic(out / SUMMARY_FILE, lambda handle: handle.write(body.encode()))
     return written
 
 
@@ -274,22 +274,9 @@ def _short_ids(trial_ids: Sequence[str]) -> dict[str, str]:
 def _save_figure(fig: Figure, path: Path) -> Path:
     """Save a figure as PNG atomically and close it."""
     try:
-        return _write_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
+        return write_file_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
     finally:
         plt.close(fig)
-
-
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write`` on a temporary file in ``path``'s folder, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _finite_or_nan(value: Any) -> float:

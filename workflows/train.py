@@ -15,22 +15,27 @@ from pathlib import Path
 from typing import Any
 
 from data import DEFAULT_DATASET_DIR
+from data.atomic import check_creatable
 from data.format import PatchFormatError, read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
 from workflows.bundle import export_bundle
 from workflows.cluster import cluster_gpus, connect
 from workflows.config import OPTIMIZERS, TrainConfig, reject_uri
 from workflows.evaluate import TEST_METRICS_FILE, evaluate_checkpoint, format_metrics_table, write_json_atomic
+from workflows.flags import (
+    grad_clip,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    unit_fraction,
+)
 from workflows.launch import run_training, unique_run_name
+from workflows.progress import TENSORBOARD_DIR, EpochCurves, report_line
 
 DEFAULTS = TrainConfig()
 HISTORY_FILE = "history.json"
 BUNDLE_DIR = "bundle"
-
-
-def _clip(text: str) -> float | None:
-    value = float(text)
-    return value if value > 0 else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,28 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = parser.add_argument_group("data and output")
     data.add_argument("--data", type=Path, default=DEFAULT_DATASET_DIR, help="dataset folder (train/val/test.parquet)")
-    data.add_argument("--results", type=Path, default=None, help="results folder (default: results/train-<time>)")
+    # A str, not a Path: pathlib would fold an object-store URI's "//" before reject_uri can show it as typed.
+    data.add_argument("--results", default=None, help="results folder (default: results/train-<time>)")
     data.add_argument("--overwrite", action="store_true", help="allow a results folder that already has results")
     data.add_argument("--resume-from", default=None, help="checkpoint folder to continue from (keeps its epoch)")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer)
-    opt.add_argument("--lr", type=float, default=DEFAULTS.lr, help="learning rate")
-    opt.add_argument("--grad-clip", type=_clip, default=DEFAULTS.grad_clip, help="max gradient norm; 0 = off")
-    opt.add_argument("--momentum", type=float, default=DEFAULTS.momentum, help="SGD momentum")
-    opt.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
-    opt.add_argument("--label-smoothing", type=float, default=DEFAULTS.label_smoothing)
-    opt.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
-    opt.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="global batch, split over workers")
-    opt.add_argument("--channels", type=int, default=DEFAULTS.channels, help="network width")
-    opt.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
+    opt.add_argument("--lr", type=positive_float, default=DEFAULTS.lr, help="learning rate")
+    opt.add_argument("--grad-clip", type=grad_clip, default=DEFAULTS.grad_clip, help="max gradient norm; 0 = off")
+    opt.add_argument("--momentum", type=non_negative_float, default=DEFAULTS.momentum, help="SGD momentum")
+    opt.add_argument("--weight-decay", type=non_negative_float, default=DEFAULTS.weight_decay)
+    opt.add_argument("--label-smoothing", type=unit_fraction, default=DEFAULTS.label_smoothing)
+    opt.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs)
+    opt.add_argument(
+        "--batch-size", type=positive_int, default=DEFAULTS.batch_size, help="global batch, split over workers"
+    )
+    opt.add_argument("--channels", type=positive_int, default=DEFAULTS.channels, help="network width")
+    opt.add_argument("--dropout", type=unit_fraction, default=DEFAULTS.dropout)
     opt.add_argument("--seed", type=int, default=DEFAULTS.seed)
     scale = parser.add_argument_group("Ray")
-    scale.add_argument("--num-workers", type=int, default=DEFAULTS.num_workers, help="data-parallel workers")
-    scale.add_argument("--cpus-per-worker", type=float, default=DEFAULTS.cpus_per_worker)
+    scale.add_argument("--num-workers", type=positive_int, default=DEFAULTS.num_workers, help="data-parallel workers")
+    scale.add_argument("--cpus-per-worker", type=positive_float, default=DEFAULTS.cpus_per_worker)
     scale.add_argument("--gpu", action="store_true", help="one GPU per worker (the cluster must have them)")
     scale.add_argument("--address", default=None, help="Ray cluster address (default: running cluster or new local)")
-    scale.add_argument("--num-cpus", type=int, default=None, help="CPUs of a new local cluster (default: all)")
-    scale.add_argument("--max-failures", type=int, default=1, help="restarts from the last checkpoint on failure")
+    scale.add_argument("--num-cpus", type=positive_int, default=None, help="CPUs of a new local cluster (default: all)")
+    scale.add_argument(
+        "--max-failures", type=non_negative_int, default=1, help="restarts from the last checkpoint on failure"
+    )
     return parser
 
 
@@ -75,16 +85,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values, use_gpu=args.gpu)
 
 
-def print_progress(metrics: dict[str, Any], checkpoint: str | None, epochs: int) -> None:
-    """One line per epoch."""
-    flag = "  DIVERGED" if metrics["diverged"] else ""
-    print(
-        f"epoch {metrics['epoch']:>3}/{epochs}  train_loss {metrics['train_loss']:.4f}  "
-        f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_acc']:.4f}  "
-        f"val_f1 {metrics['val_macro_f1']:.4f}  grad_norm {metrics['grad_norm_mean']:.3g}  "
-        f"skipped {metrics['skipped_steps']}/{metrics['steps']}  {metrics['epoch_seconds']:.1f}s{flag}",
-        flush=True,
-    )
+def _progress(metrics: dict[str, Any], epochs: int, curves: EpochCurves) -> None:
+    print(report_line(metrics, epochs), flush=True)
+    curves.add(metrics)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -95,9 +98,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         ValueError: A flag has an impossible value.
         FileExistsError: The results folder already holds results and ``--overwrite`` was not given.
     """
-    cfg = config_from_args(args)
     reject_uri(args.results)
-    results = (args.results or Path("results") / time.strftime("train-%Y%m%d-%H%M%S")).resolve()
+    cfg = config_from_args(args)
+    results = (Path(args.results) if args.results else Path("results") / time.strftime("train-%Y%m%d-%H%M%S")).resolve()
+    check_creatable(results, "--results", folder=True)  # before the data is read and Ray starts
     if (results / TEST_METRICS_FILE).exists() and not args.overwrite:
         raise FileExistsError(f"{results}: already holds {TEST_METRICS_FILE}; pass --overwrite or another --results")
     dataset = read_dataset(args.data)
@@ -112,6 +116,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         flush=True,
     )
     datasets = build_ray_datasets(dataset, stats)
+    curves = EpochCurves(results / TENSORBOARD_DIR)
     outcome = run_training(
         cfg,
         dataset.metadata,
@@ -121,8 +126,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         unique_run_name("train"),
         resume_from=args.resume_from,
         max_failures=args.max_failures,
-        on_report=lambda metrics, checkpoint: print_progress(metrics, checkpoint, cfg.epochs),
+        on_report=lambda metrics, checkpoint: _progress(metrics, cfg.epochs, curves),
     )
+    curves.close()
     write_json_atomic(results / HISTORY_FILE, outcome.history)
     if outcome.best_checkpoint is None:
         raise RuntimeError("training finished without a checkpoint; nothing to evaluate")
@@ -135,6 +141,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     print(f"best checkpoint: epoch {metrics['checkpoint_epoch']} ({outcome.best_checkpoint})")
     print(format_metrics_table(metrics))
     print(f"wrote {results / TEST_METRICS_FILE} and the model bundle {results / BUNDLE_DIR}")
+    print(f"curves by epoch: tensorboard --logdir {results / TENSORBOARD_DIR}")
     return metrics
 
 

@@ -25,22 +25,25 @@ from typing import Any
 from ray import tune
 
 from data import DEFAULT_DATASET_DIR
+from data.atomic import check_creatable
 from data.format import PatchFormatError, read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
 from workflows.bundle import export_bundle
 from workflows.cluster import cluster_cpus, cluster_gpus, connect
 from workflows.config import GRAD_CLIP, LR, OPTIMIZERS, TrainConfig, reject_uri
 from workflows.evaluate import TEST_METRICS_FILE, evaluate_checkpoint, format_metrics_table, write_json_atomic
+from workflows.flags import non_negative_float, positive_float, positive_int, unit_fraction
 from workflows.pbt import (
     INITIAL_LR_RANGE,
     METRIC,
     MODE,
     initial_population,
     make_scheduler,
+    pbt_member,
     read_member_logs,
     remove_train_runs,
-    trial_function,
 )
+from workflows.progress import TENSORBOARD_DIR, PopulationProgress
 from workflows.report import format_summary, write_report
 
 log = logging.getLogger(__name__)
@@ -98,17 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--resume", action="store_true", help="continue the interrupted experiment in --results")
     io.add_argument("--overwrite", action="store_true", help="allow a results folder that already has results")
     pbt = parser.add_argument_group("population-based training")
-    pbt.add_argument("--population", type=int, default=TUNE_DEFAULTS.population, help="members")
-    pbt.add_argument("--epochs", type=int, default=TUNE_DEFAULTS.epochs, help="epochs per member")
+    pbt.add_argument("--population", type=positive_int, default=TUNE_DEFAULTS.population, help="members")
+    pbt.add_argument("--epochs", type=positive_int, default=TUNE_DEFAULTS.epochs, help="epochs per member")
     pbt.add_argument(
         "--perturbation-interval",
-        type=int,
+        type=positive_int,
         default=TUNE_DEFAULTS.perturbation_interval,
         help="epochs between exploit/explore steps; members checkpoint on the same cadence",
     )
     pbt.add_argument(
         "--initial-lr-range",
-        type=float,
+        type=positive_float,
         nargs=2,
         default=INITIAL_LR_RANGE,
         metavar=("LOW", "HIGH"),
@@ -125,18 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     pbt.add_argument("--smoke-test", action="store_true", help="2 members, 4 epochs, small network: a quick check")
     train = parser.add_argument_group("training (shared by all members)")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer)
-    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    train.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
-    train.add_argument("--label-smoothing", type=float, default=DEFAULTS.label_smoothing)
-    train.add_argument("--channels", type=int, default=DEFAULTS.channels, help="network width")
+    train.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
+    train.add_argument("--weight-decay", type=non_negative_float, default=DEFAULTS.weight_decay)
+    train.add_argument("--label-smoothing", type=unit_fraction, default=DEFAULTS.label_smoothing)
+    train.add_argument("--channels", type=positive_int, default=DEFAULTS.channels, help="network width")
     ray_group = parser.add_argument_group("Ray")
-    ray_group.add_argument("--workers-per-trial", type=int, default=TUNE_DEFAULTS.workers_per_trial)
+    ray_group.add_argument("--workers-per-trial", type=positive_int, default=TUNE_DEFAULTS.workers_per_trial)
     ray_group.add_argument(
-        "--cpus-per-worker", type=float, default=None, help="default: the cluster's CPUs shared by all members"
+        "--cpus-per-worker", type=positive_float, default=None, help="default: the cluster's CPUs shared by all members"
     )
     ray_group.add_argument("--gpu", action="store_true", help="one GPU per worker")
     ray_group.add_argument("--address", default=None, help="Ray cluster (default: running cluster or new local)")
-    ray_group.add_argument("--num-cpus", type=int, default=None, help="CPUs of a new local cluster")
+    ray_group.add_argument("--num-cpus", type=positive_int, default=None, help="CPUs of a new local cluster")
     return parser
 
 
@@ -151,10 +154,17 @@ def _validate(args: argparse.Namespace) -> None:
     if args.perturbation_interval < 1 or args.perturbation_interval > args.epochs:
         problems.append(f"--perturbation-interval must lie in 1..--epochs ({args.epochs})")
     low, high = args.initial_lr_range
-    if not 0 < low <= high:
-        problems.append(f"--initial-lr-range needs 0 < LOW <= HIGH, got {low} {high}")
+    if not (0 < low <= high and math.isfinite(high)):
+        problems.append(f"--initial-lr-range needs 0 < LOW <= HIGH, both finite, got {low} {high}")
     if args.workers_per_trial < 1:
         problems.append("--workers-per-trial must be at least 1")
+    if args.cpus_per_worker is not None and not (math.isfinite(args.cpus_per_worker) and args.cpus_per_worker > 0):
+        problems.append(f"--cpus-per-worker must be a finite number > 0, got {args.cpus_per_worker}")
+    shared = ("optimizer", "batch_size", "weight_decay", "label_smoothing", "channels", "epochs")
+    try:  # the members' shared settings, checked as TrainConfig will check them, before Ray starts
+        TrainConfig(**{name: getattr(args, name) for name in shared}, num_workers=args.workers_per_trial)
+    except ValueError as err:
+        problems.append(str(err))
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -175,8 +185,11 @@ def size_members(cpus: float, population: int, workers: int, requested: float | 
 def _results_folder(args: argparse.Namespace) -> Path:
     reject_uri(args.results)
     if args.results:
-        return Path(args.results).resolve()
-    return (Path("results") / time.strftime("tune-%Y%m%d-%H%M%S")).resolve()
+        results = Path(args.results).resolve()
+    else:
+        results = (Path("results") / time.strftime("tune-%Y%m%d-%H%M%S")).resolve()
+    check_creatable(results, "--results", folder=True)  # before the data is read and Ray starts
+    return results
 
 
 def build_pbt_record(member_logs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, best_trial: str) -> dict:
@@ -279,7 +292,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     member_logs.mkdir(parents=True, exist_ok=True)
     trainable = tune.with_resources(
         tune.with_parameters(
-            trial_function,
+            pbt_member,
             base=base.to_dict(),
             metadata_json=dataset.metadata.to_json(),
             stats=stats.to_dict(),
@@ -289,6 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
         {"cpu": TRIAL_FUNCTION_CPUS},
     )
+    progress = PopulationProgress(args.epochs, results / TENSORBOARD_DIR)
     if args.resume:
         tuner = tune.Tuner.restore(str(results / TUNE_DIR), trainable=trainable, resume_errored=True)
     else:
@@ -298,8 +312,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             trainable,
             param_space={
                 "member": tune.grid_search(list(range(args.population))),
-                LR: tune.sample_from(lambda spec: members[spec.config["member"]][LR]),
-                GRAD_CLIP: tune.sample_from(lambda spec: members[spec.config["member"]][GRAD_CLIP]),
+                LR: tune.sample_from(lambda config: members[config["member"]][LR]),
+                GRAD_CLIP: tune.sample_from(lambda config: members[config["member"]][GRAD_CLIP]),
             },
             tune_config=tune.TuneConfig(
                 scheduler=scheduler,
@@ -316,10 +330,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 # exploit decision and the clone's restart, and the clone failed to restore.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 failure_config=tune.FailureConfig(max_failures=1),
+                # Tune's boxed tables (a box per report) drown the story; PopulationProgress prints a line instead.
+                verbose=0,
+                callbacks=[progress],
             ),
         )
     # Tune waits this long for a stopped member's process to end before it kills it (600 s by default).
     os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", str(MEMBER_STOP_TIMEOUT_S))
+    # Tune's newer console output prints its boxed experiment table even at verbose=0; the older one is silent there.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started = time.perf_counter()
     grid = tuner.fit()
     elapsed = time.perf_counter() - started
@@ -363,6 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"wrote {results / name}")
     for path in written.values():
         print(f"wrote {path}")
+    print(f"curves by epoch: tensorboard --logdir {results / TENSORBOARD_DIR}")
     return metrics
 
 

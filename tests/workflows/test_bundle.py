@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -159,9 +160,24 @@ class Payload:
     """An arbitrary object: weights_only loading must refuse to unpickle it."""
 
 
-def test_weights_with_arbitrary_objects_are_refused(bundle):
-    torch.save({"stem.0.weight": Payload()}, bundle / WEIGHTS_FILE)
-    assert_one_line_error(bundle, WEIGHTS_FILE, "not a readable weights file")
+class CodeRunner:
+    """A pickle that would run a command when loaded without weights_only."""
+
+    def __reduce__(self):
+        return (os.system, ("echo owned",))
+
+
+@pytest.mark.parametrize(("payload", "name"), [(Payload(), "test_bundle.Payload"), (CodeRunner(), "system")])
+def test_weights_with_arbitrary_objects_are_refused_for_safety(bundle, payload, name):
+    torch.save({"stem.0.weight": payload}, bundle / WEIGHTS_FILE)
+    with pytest.raises(BundleError) as caught:
+        load_bundle(bundle)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(str(bundle / WEIGHTS_FILE))
+    for fragment in ("refused for safety", "objects other than tensors", "could run code", name):
+        assert fragment in message, message
+    for advice in ("weights_only", "corrupt", "truncated", "trusted source"):
+        assert advice not in message, message  # neither PyTorch's advice to bypass the check nor a wrong diagnosis
 
 
 def test_weights_of_another_shape(bundle):

@@ -31,7 +31,7 @@ def test_interrupted_experiment_resumes_from_member_checkpoints(tmp_path):
     deadline = time.monotonic() + 480
     while time.monotonic() < deadline and first.poll() is None:
         # Both members have reported their second checkpoint (epoch 4): interrupt, as Ctrl+C would.
-        if len(list((results / "tune").glob("trial_function_*/checkpoint_000001"))) >= 2:
+        if len(list((results / "tune").glob("pbt_member_*/checkpoint_000001"))) >= 2:
             os.kill(first.pid, signal.SIGINT)
             break
         time.sleep(0.25)
