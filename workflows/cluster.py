@@ -30,6 +30,10 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard_h
         return
     address = address or os.environ.get("RAY_ADDRESS")
     quiet = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
+    # Every process of the job (members, Train controllers and workers) logs Ray's INFO lines ("Restored on …",
+    # "Checkpoint successfully created …", "Dataset … execution finished …") to its own log file only; warnings and
+    # errors still reach the job log.
+    quiet["logging_config"] = ray.LoggingConfig(log_level="WARNING")
     start_local = dict(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host)
     start_local.update(quiet)
     if address == "local":
@@ -47,12 +51,13 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard_h
 
 
 def _wait_for_resources(timeout_s: float = RESOURCES_TIMEOUT_S) -> None:
-    """Wait until the cluster reports its CPUs.
+    """Wait (briefly) until the cluster reports free CPUs.
 
-    A head started a moment ago reports none at first, and Ray Data then warns that the job "will hang".
+    A head started a moment ago reports none at first, and Ray Data then warns that the job "will hang". A cluster
+    whose CPUs are all taken waits ``timeout_s`` here, and then Ray Data's warning is right.
     """
     deadline = time.monotonic() + timeout_s
-    while not ray.cluster_resources().get("CPU") and time.monotonic() < deadline:
+    while not ray.available_resources().get("CPU") and time.monotonic() < deadline:
         time.sleep(0.2)
 
 

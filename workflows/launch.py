@@ -26,6 +26,8 @@ caller stops it, and the owner's next run removes any group a dead predecessor l
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
 import os
@@ -132,6 +134,11 @@ class _Mailbox:
         """Tell the controller that report ``number`` has been handled."""
         self._path("ack", number).touch()
 
+    def ack_all(self) -> None:
+        """Acknowledge every report posted so far, unread (a run being stopped must not wait for its caller)."""
+        for report in Path(self.folder).glob("report-*.json"):
+            report.with_name(report.name.replace("report-", "ack-", 1)).touch()
+
     def wait_ack(self, number: int, timeout: float) -> bool:
         """Wait until report ``number`` has been handled; False after ``timeout`` seconds."""
         path, deadline = self._path("ack", number), time.monotonic() + timeout
@@ -202,6 +209,29 @@ def release_placement_group(owner: str) -> bool:
     return removed
 
 
+# The runs this process has under way: stop file, mailbox and the thread that runs fit().
+_RUNNING: dict[Path, tuple[_Mailbox, threading.Thread]] = {}
+
+
+@atexit.register
+def _stop_runs_at_exit() -> None:
+    """Ask this process's runs to stop, and give them time to, before the process ends.
+
+    Tune ends a replaced PBT member's process right after telling the member to stop (a function trainable's
+    cleanup does not wait for it), and Ray sends the process SIGTERM, which Ray turns into ``SystemExit``: the
+    interpreter then runs this. A run whose process died mid-epoch would count as a failed task and leave its
+    placement group behind.
+    """
+    deadline = time.monotonic() + GRACEFUL_STOP_S
+    for stop_file, (mailbox, thread) in list(_RUNNING.items()):
+        with contextlib.suppress(OSError):
+            stop_file.touch()
+        while thread.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                mailbox.ack_all()
+            thread.join(POLL_S)
+
+
 def _control_folder(storage: str, name: str) -> Path:
     """A new, empty control folder for run ``name``: beside Train's runs when local, else in the temp folder."""
     if "://" in storage:
@@ -223,9 +253,11 @@ def _stop_gracefully(stop_file: Path, mailbox: _Mailbox, number: int, thread: th
             number += 1
         mailbox.ack(number)
         thread.join(POLL_S)
+    remaining = max(0.0, deadline - time.monotonic())
     if thread.is_alive():
         log.warning("a stopped run did not end within %.0f s; removing its workers", GRACEFUL_STOP_S)
         return False
+    log.debug("%s ended by itself %.1f s after it was asked to stop", thread.name, GRACEFUL_STOP_S - remaining)
     return True
 
 
@@ -320,6 +352,7 @@ def run_training(
 
     thread = threading.Thread(target=fit, name=f"fit-{name}", daemon=True)
     thread.start()
+    _RUNNING[control / STOP_FILE] = (mailbox, thread)
     number = 0
     try:
         while True:
@@ -352,6 +385,7 @@ def run_training(
             release_placement_group(owner)
         raise
     finally:
+        _RUNNING.pop(control / STOP_FILE, None)
         shutil.rmtree(control, ignore_errors=True)
     if owner is not None:
         _forget_placement_group(owner)  # the run ended and Train removed its placement group

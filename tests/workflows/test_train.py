@@ -154,3 +154,36 @@ def test_train_cli_rejects_a_bad_dataset_in_one_line(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "missing" in done.stderr
+
+
+class _Stop(Exception):
+    """What a caller raises to stop a run (Tune raises SystemExit in a replaced PBT member)."""
+
+
+def test_a_run_stopped_by_its_caller_ends_by_itself_and_leaves_nothing(default_data, tmp_path, caplog):
+    """The workers read the stop file after the report that raised, end their loop, and Train ends the run: no
+    killed workers (failed tasks on the dashboard), no placement group left, no control folder left."""
+    import logging
+
+    from ray.util.placement_group import placement_group_table
+
+    caplog.set_level(logging.DEBUG, logger="workflows.launch")
+    dataset, stats, datasets = default_data
+    # Far more epochs than fit in the grace period: a run that ignored the stop would be cut off and say so.
+    cfg = TrainConfig(epochs=500, **FAST)
+    seen = []
+
+    def stop_after_two(metrics, checkpoint):
+        seen.append(metrics["epoch"])
+        if metrics["epoch"] == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run_training(
+            cfg, dataset.metadata, stats, datasets, tmp_path / "runs", unique_run_name("stop"),
+            on_report=stop_after_two, owner="test/stopped-member",
+        )  # fmt: skip
+    assert seen == [1, 2]
+    assert "ended by itself" in caplog.text and "removing its workers" not in caplog.text
+    assert {group["state"] for group in placement_group_table().values()} <= {"REMOVED"}
+    assert not any((tmp_path / ".control").iterdir())
