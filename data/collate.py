@@ -14,8 +14,9 @@ from data.pipeline import D4Collate
 
 
 class RayD4Collate(D4Collate, NumpyBatchCollateFn):
-    """:class:`data.pipeline.D4Collate` (a random flip/rotation per patch, seeded) in the form Ray Data expects.
+    """:class:`data.pipeline.D4Collate` (a random augmentation group element per patch, seeded) as Ray Data wants it.
 
     Args:
         seed: Seed of this worker's augmentation for one epoch.
+        augment: The augmentation group, one of :data:`data.pipeline.AUGMENTATIONS`.
     """

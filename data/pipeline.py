@@ -1,9 +1,9 @@
-"""The Ray Data pipeline: band statistics of the training split, normalisation, and D4 augmentation.
+"""The Ray Data pipeline: band statistics of the training split, normalisation, and flip/rotation augmentation.
 
 Patches are read once with the validating reader, normalised with per-band statistics of the *training* split, and
-materialised in Ray's object store. Only the cheap per-epoch work (shuffling within blocks and a random one of the
-8 flips/rotations per patch) runs lazily on every pass over the training set, so an epoch never re-reads or
-re-normalises the data.
+materialised in Ray's object store. Only the cheap per-epoch work (shuffling within blocks and a random element of
+the augmentation group per patch: by default one of the 8 flips/rotations of D4) runs lazily on every pass over the
+training set, so an epoch never re-reads or re-normalises the data.
 """
 
 from __future__ import annotations
@@ -67,33 +67,78 @@ def normalise(pixels: np.ndarray, stats: BandStats) -> np.ndarray:
     return ((np.asarray(pixels, dtype=np.float64) - mean) / std).astype(np.float32)
 
 
+# The dihedral group D4 of a square: element k of d4_transform rotates by k % 4 quarter turns, then mirrors
+# left-right when k >= HALF_D4. The even elements (rotations by 0 or 2 quarter turns, with or without the mirror) keep
+# the image's axes: identity, vertical flip, horizontal flip and both.
+D4_ORDER = 8
+HALF_D4 = D4_ORDER // 2
+AXIS_KEEPING = tuple(k for k in range(D4_ORDER) if k % 2 == 0)
+
+# Augmentation groups by name, as elements of d4_transform. "d4": all eight, for imagery whose class does not depend
+# on orientation (overhead land cover); "flips": the four that keep the axes, for data whose class changes under a
+# quarter turn; "none": the identity only.
+D4, FLIPS, NO_AUGMENTATION = "d4", "flips", "none"
+AUGMENTATION_GROUPS = {D4: tuple(range(D4_ORDER)), FLIPS: AXIS_KEEPING, NO_AUGMENTATION: (0,)}
+AUGMENTATIONS = tuple(AUGMENTATION_GROUPS)
+DEFAULT_AUGMENTATION = D4
+
+
+def augmentation_elements(name: str, square: bool = True) -> np.ndarray:
+    """The elements of an augmentation group, for :func:`d4_transform`.
+
+    Training draws one of them per patch (:class:`D4Collate`); test-time augmentation averages over the views
+    ``d4_transform(pixels, np.full(len(pixels), k))`` for each element ``k``.
+
+    Args:
+        name: One of ``AUGMENTATIONS``.
+        square: Whether the patches are square; a non-square patch has no quarter turns, so "d4" gives the same
+            four elements as "flips" there.
+
+    Returns:
+        Element indices in increasing order, shape (group size,).
+
+    Raises:
+        ValueError: ``name`` is not an augmentation group.
+    """
+    if name not in AUGMENTATION_GROUPS:
+        raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {name!r}")
+    return np.array([k for k in AUGMENTATION_GROUPS[name] if square or k in AXIS_KEEPING], dtype=np.int64)
+
+
 def d4_transform(pixels: np.ndarray, elements: np.ndarray) -> np.ndarray:
     """Apply one element of the dihedral group D4 to each patch.
 
     Element ``k`` rotates by ``k % 4`` quarter turns and then, for ``k >= 4``, mirrors left-right. All eight are
-    label-preserving for overhead imagery. Non-square patches only get the four that keep their shape (identity,
-    half turn, and the two mirrors).
+    label-preserving for overhead imagery. Non-square patches only take the four that keep their shape (the even
+    elements: identity, half turn, and the two mirrors).
 
     Args:
         pixels: Patches, shape (N, C, H, W).
-        elements: Group element per patch, integers in [0, 8).
+        elements: Group element per patch, integers in [0, 8); even ones only for non-square patches.
+
+    Raises:
+        ValueError: An element is out of range, or rotates a non-square patch by a quarter turn.
     """
-    out = np.empty_like(pixels)
     square = pixels.shape[2] == pixels.shape[3]
-    for k in range(8):
+    allowed = range(D4_ORDER) if square else AXIS_KEEPING
+    unknown = np.setdiff1d(elements, allowed)
+    if unknown.size:
+        shape = "square" if square else f"non-square ({pixels.shape[2]}x{pixels.shape[3]})"
+        raise ValueError(f"D4 elements {unknown.tolist()} do not apply to {shape} patches; use {list(allowed)}")
+    out = np.empty_like(pixels)
+    for k in allowed:
         rows = np.flatnonzero(elements == k)
         if rows.size == 0:
             continue
-        quarter_turns = k % 4 if square else 2 * (k % 2)
-        moved = np.rot90(pixels[rows], quarter_turns, axes=(2, 3))
-        if k >= 4:
+        moved = np.rot90(pixels[rows], k % HALF_D4, axes=(2, 3))
+        if k >= HALF_D4:
             moved = moved[..., ::-1]
         out[rows] = moved
     return out
 
 
 class D4Collate:
-    """Turns a Ray Data numpy batch into tensors with a random D4 element applied to each patch.
+    """Turns a Ray Data numpy batch into tensors with a random element of an augmentation group applied to each patch.
 
     Passed (as :class:`data.collate.RayD4Collate`) to ``iter_torch_batches`` on each training worker, so
     augmentation runs in Ray Data's prefetch thread beside the model rather than as Ray tasks competing with training
@@ -102,17 +147,24 @@ class D4Collate:
 
     Args:
         seed: Seed of this worker's augmentation for one epoch.
+        augment: The group (one of ``AUGMENTATIONS``) whose elements are drawn, uniformly.
+
+    Raises:
+        ValueError: ``augment`` is not an augmentation group.
     """
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, augment: str = DEFAULT_AUGMENTATION) -> None:
+        augmentation_elements(augment)  # refuse an unknown group now, not in the prefetch thread
+        self.augment = augment
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
-        """Tensors ``pixels`` (B, C, H, W), each patch moved by its own random D4 element, and ``label`` (B,)."""
+        """Tensors ``pixels`` (B, C, H, W), each patch moved by its own random group element, and ``label`` (B,)."""
         import torch
 
         pixels = np.asarray(batch[PIXELS_COLUMN], dtype=np.float32)  # (B, C, H, W)
-        moved = d4_transform(pixels, self.rng.integers(0, 8, size=len(pixels)))
+        elements = augmentation_elements(self.augment, square=pixels.shape[2] == pixels.shape[3])
+        moved = d4_transform(pixels, self.rng.choice(elements, size=len(pixels)))
         return {
             PIXELS_COLUMN: torch.from_numpy(np.ascontiguousarray(moved)),
             LABEL_COLUMN: torch.tensor(np.asarray(batch[LABEL_COLUMN]), dtype=torch.int64),

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
+from data.pipeline import AUGMENTATIONS, DEFAULT_AUGMENTATION
+
 # The hyperparameters population-based training mutates, named once. After a checkpoint is loaded, the worker
 # re-applies these from its own config so that an exploited trial trains with its mutated values.
 LR = "lr"
@@ -39,6 +41,9 @@ class TrainConfig:
         dropout: Dropout at the end of each residual block and in the head.
         checkpoint_every: Report a checkpoint every this many epochs (PBT aligns its perturbation interval).
         keep_checkpoints: How many checkpoints Ray keeps (the best by validation accuracy).
+        augment: Training augmentation group, one of ``AUGMENTATIONS``: ``d4`` (all 8 flips and rotations; the
+            default, as overhead land cover has no up), ``flips`` (the 4 that keep the axes, for data whose class
+            changes under a quarter turn) or ``none``.
     """
 
     optimizer: str = "adamw"
@@ -57,11 +62,14 @@ class TrainConfig:
     dropout: float = 0.1
     checkpoint_every: int = 1
     keep_checkpoints: int = 2
+    augment: str = DEFAULT_AUGMENTATION
 
     def __post_init__(self) -> None:
         problems = []
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.augment not in AUGMENTATIONS:
+            problems.append(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             problems.append(f"lr must be a finite number > 0, got {self.lr}")
         if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):

@@ -318,7 +318,7 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         started = time.perf_counter()
         batches = train_shard.iter_torch_batches(
             batch_size=per_worker_batch,
-            collate_fn=RayD4Collate(seed=(cfg.seed * 1_000_003 + epoch) * 1009 + rank),
+            collate_fn=RayD4Collate(seed=(cfg.seed * 1_000_003 + epoch) * 1009 + rank, augment=cfg.augment),
             local_shuffle_buffer_size=SHUFFLE_BATCHES * per_worker_batch,
             local_shuffle_seed=cfg.seed * 1_000_003 + epoch,
         )

@@ -1,4 +1,4 @@
-"""Tests of the synthetic generator and of the committed default dataset it defines."""
+"""Tests of the synthetic generator, of the committed default dataset it defines, and of the small-patch proxy."""
 
 from __future__ import annotations
 
@@ -12,11 +12,18 @@ from data.format import read_dataset
 from data.synthetic import (
     CLASSES,
     DEFAULT_COUNTS,
+    DEFAULT_PRESET,
     OPTICAL_BANDS,
     OPTICAL_RANGE,
+    PRESETS,
     RADAR_RANGE,
+    SMALL_PATCH_CLASSES,
+    SMALL_PATCH_COUNTS,
+    SMALL_PATCH_PRESET,
     default_metadata,
     generate,
+    generate_small_patch,
+    small_patch_metadata,
 )
 
 SMALL = {"train": 70, "val": 21, "test": 35}
@@ -123,3 +130,49 @@ def test_rejects_empty_split_and_tiny_patches():
         generate({"train": 0})
     with pytest.raises(ValueError, match="at least 2"):
         generate({"train": 7}, size=1)
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    return generate_small_patch()
+
+
+def test_presets_name_the_default_dataset_and_the_proxy(default_dataset, proxy):
+    default = PRESETS[DEFAULT_PRESET]
+    made = default.generate(default.counts, default.seed)
+    np.testing.assert_array_equal(made.test.pixels, default_dataset.test.pixels)
+    small = PRESETS[SMALL_PATCH_PRESET]
+    assert small.counts == SMALL_PATCH_COUNTS and small.generate(small.counts, small.seed).metadata == proxy.metadata
+
+
+def test_proxy_has_the_shape_of_small_real_data(proxy):
+    meta = proxy.metadata
+    assert meta == small_patch_metadata()
+    assert (meta.num_bands, meta.height, meta.width, meta.num_classes) == (5, 5, 5, 6)
+    assert {name: len(split) for name, split in proxy.splits.items()} == SMALL_PATCH_COUNTS
+    assert len(proxy.train) == 588 and len(proxy.val) >= 300 and len(proxy.test) >= 2000
+    for name, split in proxy.splits.items():
+        counts = np.bincount(split.labels, minlength=len(SMALL_PATCH_CLASSES))
+        assert (counts == SMALL_PATCH_COUNTS[name] // len(SMALL_PATCH_CLASSES)).all()
+        assert split.pixels.shape == (len(split), 5, 5, 5) and split.pixels.dtype == np.float32
+        assert OPTICAL_RANGE[0] <= split.pixels.min() and split.pixels.max() <= OPTICAL_RANGE[1]
+        np.testing.assert_array_equal(split.pixels, np.round(split.pixels))  # whole digital numbers
+    ids = np.concatenate([s.patch_ids for s in proxy.splits.values()])
+    assert len(set(ids)) == len(ids)
+
+
+def test_proxy_is_deterministic_from_its_seed():
+    first, again, other = (generate_small_patch(SMALL, seed=s) for s in (1, 1, 2))
+    for name in SMALL:
+        np.testing.assert_array_equal(first.splits[name].pixels, again.splits[name].pixels)
+        np.testing.assert_array_equal(first.splits[name].labels, again.splits[name].labels)
+        assert not np.array_equal(first.splits[name].pixels, other.splits[name].pixels)
+
+
+def test_proxy_has_no_spatial_texture_but_mixed_pixels_in_some_classes(proxy):
+    pixels, labels = proxy.train.pixels.astype(np.float64), proxy.train.labels
+    deviation = pixels - pixels.mean(axis=(2, 3), keepdims=True)
+    neighbours = np.corrcoef(deviation[..., :-1].ravel(), deviation[..., 1:].ravel())[0, 1]
+    assert abs(neighbours) < 0.05  # a pixel says nothing about the one beside it beyond the patch's spectrum
+    spread = {name: np.median(pixels[labels == i].std(axis=(2, 3))) for i, name in enumerate(SMALL_PATCH_CLASSES)}
+    assert spread["cropland"] > 2 * spread["grassland"] and spread["urban"] > 2 * spread["bare_soil"]

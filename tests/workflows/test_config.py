@@ -1,11 +1,11 @@
-"""Flag checks shared by the entry scripts: an object-store URI for --results is refused, not mangled into a path."""
+"""The training config and the entry scripts' flags: an object-store URI for --results is refused, --augment checked."""
 
 from pathlib import Path
 
 import pytest
 
 from workflows import train, tune
-from workflows.config import reject_uri
+from workflows.config import AUGMENTATIONS, TrainConfig, reject_uri
 
 
 @pytest.mark.parametrize("value", ["s3://bucket/run", "gs://b/x", Path("s3://bucket/run"), "file:///tmp/x"])
@@ -27,3 +27,31 @@ def test_scripts_exit_2_with_one_line_and_create_nothing(script, tmp_path, capsy
     assert "--results s3://bucket/run" in err or "--results s3:/bucket/run" in err
     assert err.strip().count("\n") == 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_augmentation_defaults_to_d4_and_survives_the_ray_boundary():
+    assert TrainConfig().augment == "d4" and AUGMENTATIONS == ("d4", "flips", "none")
+    flips = TrainConfig(augment="flips")
+    assert TrainConfig.from_dict(flips.to_dict()) == flips
+    assert TrainConfig.from_dict({"lr": 1e-3}).augment == "d4"  # a checkpoint from before the option
+
+
+def test_unknown_augmentation_is_refused_in_one_line():
+    with pytest.raises(ValueError) as refused:
+        TrainConfig(augment="rot90")
+    assert str(refused.value) == "augment must be one of d4, flips, none, got 'rot90'"
+
+
+@pytest.mark.parametrize("script", [train, tune])
+def test_scripts_take_augment_from_the_config_choices(script, capsys):
+    parser = script.build_parser()
+    assert parser.parse_args([]).augment == TrainConfig().augment
+    assert parser.parse_args(["--augment", "none"]).augment == "none"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--augment", "rot90"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'rot90'" in err and "d4" in err and "flips" in err
+
+
+def test_train_script_puts_augment_into_its_config():
+    assert train.config_from_args(train.build_parser().parse_args(["--augment", "flips"])).augment == "flips"

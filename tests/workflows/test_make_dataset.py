@@ -10,7 +10,7 @@ import numpy as np
 
 from data import DEFAULT_DATASET_DIR
 from data.format import read_dataset
-from data.synthetic import generate
+from data.synthetic import SMALL_PATCH_PRESET, generate, generate_small_patch
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "workflows" / "make_dataset.py"
@@ -25,7 +25,7 @@ def run(*args: str | Path) -> subprocess.CompletedProcess:
 def test_help_names_the_options():
     result = run("--help")
     assert result.returncode == 0
-    for option in ("--output", "--train", "--val", "--test", "--seed", "--overwrite"):
+    for option in ("--output", "--preset", "--train", "--val", "--test", "--seed", "--overwrite", SMALL_PATCH_PRESET):
         assert option in result.stdout
 
 
@@ -40,6 +40,20 @@ def test_writes_small_dataset_and_prints_it(tmp_path):
     for name, split in expected.splits.items():
         np.testing.assert_array_equal(dataset.splits[name].pixels, split.pixels)
         assert np.bincount(dataset.splits[name].labels).min() == len(split) // dataset.metadata.num_classes
+
+
+def test_writes_the_small_patch_proxy_from_its_seed(tmp_path):
+    out = tmp_path / "proxy"
+    result = run("--preset", SMALL_PATCH_PRESET, "--output", out, "--val", 12, "--seed", 3)
+    assert result.returncode == 0, result.stderr
+    for fragment in ("preset small-patch, seed 3", "train: 588 patches", "val: 12 patches", "patch size: 5 x 5"):
+        assert fragment in result.stdout
+    dataset = read_dataset(out)
+    expected = generate_small_patch({"train": 588, "val": 12, "test": len(dataset.test)}, seed=3)
+    assert dataset.metadata == expected.metadata and len(dataset.test) >= 2000
+    for name, split in expected.splits.items():
+        np.testing.assert_array_equal(dataset.splits[name].pixels, split.pixels)
+        np.testing.assert_array_equal(dataset.splits[name].labels, split.labels)
 
 
 def test_refuses_to_overwrite_without_flag(tmp_path):
@@ -62,4 +76,6 @@ def test_default_folder_is_protected():
     assert refused.returncode == 2 and "already exists" in refused.stderr
     other = run("--train", 7)  # other sizes would silently change the documented default
     assert other.returncode == 2 and "--output" in other.stderr
+    proxy = run("--preset", SMALL_PATCH_PRESET)
+    assert proxy.returncode == 2 and "--output" in proxy.stderr
     assert {p.name: p.stat().st_mtime_ns for p in DEFAULT_DATASET_DIR.iterdir()} == stamp
