@@ -3,14 +3,15 @@
 Baselines (scikit-learn, fitted on train, scored on test):
   majority class; logistic regression (standardised) on per-band patch means and on all pixels; k-nearest
   neighbours on standardised pixels with k chosen on the validation split from 1, 3, 5, 11, 21; a random forest
-  (300 trees, fixed seed) on all pixels.
+  (500 trees, fixed seed, as the main job fits it: ``workflows.baselines``) on all pixels.
 The ResNet is trained in this process (no Ray) with ``TrainConfig()`` defaults: normalised pixels, D4
 augmentation, AdamW with the config's lr, weight decay, label smoothing and gradient clipping; the epoch with the
 best validation accuracy is evaluated on test. It runs once per seed (``--seeds 3``: seeds 0, 1, 2) and is
-reported as mean ± sample standard deviation. ``--tune-results DIR`` adds the test metrics a finished PBT
-experiment wrote (``DIR/test_metrics.json``, from ``workflows/tune.py``) as a row.
+reported as mean ± sample standard deviation. ``--tune-results DIR ...`` adds, per finished PBT experiment, the
+test metrics it wrote (``DIR/test_metrics.json``, from ``workflows/tune.py``): a row per prediction variant (single
+best member, ensemble, ensemble + TTA) and per baseline fitted in the same run (random forest, logistic regression).
 
-Usage: ``python benchmarks/baselines.py [--data FOLDER] [--seeds 3] [--tune-results DIR] [--quick]``.
+Usage: ``python benchmarks/baselines.py [--data FOLDER] [--seeds 3] [--tune-results DIR ...] [--quick]``.
 """
 
 from __future__ import annotations
@@ -19,15 +20,12 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.dummy import DummyClassifier
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -38,34 +36,22 @@ if __package__ in (None, ""):
 from benchmarks.common import NormalisedData, format_table, mean_sd, train_resnet  # noqa: E402
 from data import DEFAULT_DATASET_DIR  # noqa: E402
 from data.format import PatchDataset, read_dataset  # noqa: E402
+from workflows.baselines import (  # noqa: E402
+    FOREST_SEED,
+    FOREST_TREES,
+    Features,
+    band_means,
+    flat_pixels,
+    logistic_regression,
+    random_forest,
+    score,
+)
 from workflows.config import TrainConfig  # noqa: E402
-from workflows.evaluate import TEST_METRICS_FILE, classification_metrics  # noqa: E402
+from workflows.evaluate import TEST_METRICS_FILE, shown_variant  # noqa: E402
 
-FOREST_TREES = 300
-FOREST_SEED = 0
 KNN_CHOICES = (1, 3, 5, 11, 21)
-LOGISTIC_MAX_ITER = 5000
 SEEDS = 3
 QUICK_EPOCHS = 3
-
-Features = Callable[[np.ndarray], np.ndarray]
-
-
-def band_means(pixels: np.ndarray) -> np.ndarray:
-    """Per-band patch means, shape (N, C), from pixels (N, C, H, W)."""
-    return pixels.mean(axis=(2, 3))
-
-
-def flat_pixels(pixels: np.ndarray) -> np.ndarray:
-    """All pixel values of each patch in one row, shape (N, C*H*W)."""
-    return pixels.reshape(len(pixels), -1)
-
-
-def score(dataset: PatchDataset, model: Any, features: Features) -> dict[str, Any]:
-    """Fit a scikit-learn model on the training split's features and return its test metrics."""
-    model.fit(features(dataset.train.pixels), dataset.train.labels)
-    predicted = model.predict(features(dataset.test.pixels))
-    return classification_metrics(dataset.test.labels, predicted, list(dataset.metadata.classes))
 
 
 def knn_choose_k(dataset: PatchDataset, choices: tuple[int, ...] = KNN_CHOICES) -> tuple[int, dict[int, float]]:
@@ -98,16 +84,13 @@ def sklearn_baselines(dataset: PatchDataset, trees: int = FOREST_TREES) -> list[
         print(f"  {name}: test accuracy {metrics['accuracy']:.4f}", flush=True)
 
     run("majority class", DummyClassifier(strategy="most_frequent"), flat_pixels)
-    logistic = LogisticRegression(max_iter=LOGISTIC_MAX_ITER)
-    run("logistic regression, band means", make_pipeline(StandardScaler(), logistic), band_means, "standardised")
-    logistic = LogisticRegression(max_iter=LOGISTIC_MAX_ITER)
-    run("logistic regression, all pixels", make_pipeline(StandardScaler(), logistic), flat_pixels, "standardised")
+    run("logistic regression, band means", logistic_regression(), band_means, "standardised")
+    run("logistic regression, all pixels", logistic_regression(), flat_pixels, "standardised")
     k, val_acc = knn_choose_k(dataset)
     tried = ", ".join(f"{key}:{value:.3f}" for key, value in val_acc.items())
     knn = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=k))
     run(f"k-nearest neighbours (k={k})", knn, flat_pixels, f"k by val acc {{{tried}}}")
-    forest = RandomForestClassifier(n_estimators=trees, random_state=FOREST_SEED, n_jobs=-1)
-    run(f"random forest ({trees} trees)", forest, flat_pixels, f"seed {FOREST_SEED}")
+    run(f"random forest ({trees} trees)", random_forest(trees), flat_pixels, f"seed {FOREST_SEED}")
     return rows
 
 
@@ -139,8 +122,10 @@ def resnet_runs(dataset: PatchDataset, cfg: TrainConfig, seeds: list[int]) -> li
     return runs
 
 
-def read_tune_results(folder: Path) -> dict[str, Any]:
-    """The test metrics a finished ``workflows/tune.py`` experiment wrote.
+def read_tune_results(folder: Path) -> list[list[str]]:
+    """Table rows of a finished ``workflows/tune.py`` experiment: each prediction variant, then each baseline.
+
+    An experiment from before the variants were recorded gives one row, its best member's.
 
     Raises:
         SystemExit: The folder holds no readable ``test_metrics.json`` with accuracy and macro-F1.
@@ -148,8 +133,19 @@ def read_tune_results(folder: Path) -> dict[str, Any]:
     path = folder / TEST_METRICS_FILE
     try:
         body = json.loads(path.read_text())
-        return {"accuracy": float(body["accuracy"]), "macro_f1": float(body["macro_f1"])}
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        variants = body.get("variants") or {"single": body}
+        rows = [
+            [f"PBT {shown_variant(name)}", f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", str(folder)]
+            for name, m in variants.items()
+        ]
+        for baseline in (body.get("baselines") or {}).values():
+            if "skipped" in baseline:
+                rows.append([f"{baseline['name']} (same run)", "-", "-", baseline["skipped"]])
+            else:
+                figures = [f"{baseline[key]:.4f}" for key in ("accuracy", "macro_f1")]
+                rows.append([f"{baseline['name']} (same run)", *figures, f"{str(folder)}; {baseline['seconds']:.1f} s"])
+        return rows
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise SystemExit(
             f"{path}: not a finished PBT experiment's test metrics ({err}); pass the results folder"
         ) from None
@@ -165,7 +161,14 @@ def main() -> None:
         "--epochs", type=int, default=defaults.epochs, help="ResNet epochs (default: TrainConfig's %(default)s)"
     )
     parser.add_argument("--trees", type=int, default=FOREST_TREES, help="random forest size (default: %(default)s)")
-    parser.add_argument("--tune-results", type=Path, help="a finished PBT experiment's results folder (adds a row)")
+    parser.add_argument(
+        "--tune-results",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="finished PBT experiments' results folders (rows for their variants and same-run baselines)",
+    )
     parser.add_argument("--quick", action="store_true", help=f"one ResNet seed, {QUICK_EPOCHS} epochs (a smoke test)")
     args = parser.parse_args()
     seeds, epochs = (1, min(args.epochs, QUICK_EPOCHS)) if args.quick else (args.seeds, args.epochs)
@@ -191,9 +194,8 @@ def main() -> None:
             f"seeds 0..{seeds - 1}; best val epochs {epochs_chosen}; {sum(r['seconds'] for r in runs):.0f} s",
         ]
     )
-    if args.tune_results is not None:
-        pbt = read_tune_results(args.tune_results)
-        rows.append(["PBT best", f"{pbt['accuracy']:.4f}", f"{pbt['macro_f1']:.4f}", str(args.tune_results)])
+    for folder in args.tune_results:
+        rows.extend(read_tune_results(folder))
 
     print()
     print(format_table(["model", "test accuracy", "test macro-F1", "notes"], rows, left=(0, -1)))

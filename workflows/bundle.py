@@ -1,11 +1,16 @@
-"""The exported model bundle: its format, the exporter from a training checkpoint, and the validating loader.
+"""The exported model bundle: its format, the exporter from training checkpoints, and the validating loader.
 
-A bundle is a folder with two files. ``weights.pt`` holds only the model's ``state_dict`` (tensors, so it loads with
-``torch.load(..., weights_only=True)``); ``bundle.json`` holds everything needed to use it: the format version, the
-``model_config``, the training split's ``band_stats``, the data ``metadata`` (bands, patch size, classes, units), the
-``train_config``, optional ``metrics``, the ``source_checkpoint`` and its ``epoch``. :func:`load_bundle` checks all of
-it and :func:`check_compatible` checks input data against it; both raise :class:`BundleError` with one line naming
-the file and what is wrong.
+A bundle is a folder holding ``bundle.json`` and one weights file per ensemble member: ``weights.pt`` for the best
+member (so a one-model bundle is laid out as in version 1), ``weights-1.pt``, ``weights-2.pt``, ... for the others.
+Each holds only a model's ``state_dict`` (tensors, so it loads with ``torch.load(..., weights_only=True)``).
+``bundle.json`` holds everything needed to use them: the format version, the ``model_config``, the training split's
+``band_stats``, the data ``metadata`` (bands, patch size, classes, units), the ``train_config``, optional ``metrics``,
+the best member's ``source_checkpoint`` and ``epoch``, and (version 2) the ``members`` (file, trial id, final
+validation metric, epoch, source checkpoint), the ``tta_views`` (the augmentation group the members were trained
+with) and the default ``prediction`` mode (``ensemble`` and ``tta``, both on when exported). A version-1 bundle loads
+as one member whose default is its plain prediction. :func:`load_bundle` checks all of it and
+:func:`check_compatible` checks input data against it; both raise :class:`BundleError` with one line naming the file
+and what is wrong.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +32,17 @@ from data.format import PatchFormatError, PatchMetadata
 from data.messages import brief_list, one_line, torch_load_failure
 from data.pipeline import BandStats
 from resnet import ResNet, ResNetConfig
-from workflows.evaluate import predict_probabilities
-from workflows.loop import load_checkpoint
+from workflows.evaluate import NO_TTA, ensemble_probabilities, read_members, tta_views
 
-WEIGHTS_FILE = "weights.pt"
+WEIGHTS_FILE = "weights.pt"  # the best member's weights; the only weights file of a version-1 bundle
 INFO_FILE = "bundle.json"
-BUNDLE_FILES = (WEIGHTS_FILE, INFO_FILE)  # everything a bundle folder holds; only such a folder is replaced
+# Weights file names of the members after the best one: weights-1.pt, weights-2.pt, ...
+MEMBER_FILE_PATTERN = re.compile(r"weights(?:-[1-9][0-9]*)?\.pt")
 BUNDLE_FORMAT = "satresnet-model-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
+READABLE_VERSIONS = (1, BUNDLE_VERSION)  # version 1: weights.pt alone, no members, views or prediction mode
 REQUIRED_KEYS = ("format", "version", "model_config", "band_stats", "metadata")
+ENSEMBLE_KEYS = ("members", "tta_views", "prediction")  # required from version 2
 
 
 class BundleError(ValueError):
@@ -42,40 +50,104 @@ class BundleError(ValueError):
 
 
 @dataclass(frozen=True)
+class PredictionMode:
+    """How a bundle predicts by default.
+
+    Attributes:
+        ensemble: Average all members' probabilities (off: the best member alone).
+        tta: Average over the test-time augmentation views (off: the patches as they are).
+    """
+
+    ensemble: bool = True
+    tta: bool = True
+
+    def to_dict(self) -> dict[str, bool]:
+        """Plain dict, for ``bundle.json``."""
+        return asdict(self)
+
+
+# What a version-1 bundle did: one model, the patches as they are.
+LEGACY_MODE = PredictionMode(ensemble=True, tta=False)
+
+
+def member_file(index: int) -> str:
+    """The weights file name of the member at ``index`` (0 is the best)."""
+    return WEIGHTS_FILE if index == 0 else f"weights-{index}.pt"
+
+
+def bundle_files(bundle_dir: str | os.PathLike, members: int) -> set[str]:
+    """The files a bundle folder of ``members`` members may hold: its own and any member file already there."""
+    folder = Path(bundle_dir)
+    present = [entry.name for entry in folder.iterdir()] if folder.is_dir() else []
+    return {INFO_FILE, *(member_file(i) for i in range(members)), *filter(MEMBER_FILE_PATTERN.fullmatch, present)}
+
+
+@dataclass(frozen=True)
 class Bundle:
     """A loaded, validated model bundle.
 
     Attributes:
-        model: The network, in eval mode, on the CPU.
-        model_config: Its configuration.
-        band_stats: Per-band statistics of the training split, applied to raw pixels before the model.
-        metadata: What the model's input means: band names, patch size and class names.
-        info: The whole ``bundle.json`` body (train config, metrics, source checkpoint, ...).
+        models: The members' networks, best first, in eval mode, on the CPU.
+        model_config: Their configuration.
+        band_stats: Per-band statistics of the training split, applied to raw pixels before the models.
+        metadata: What the models' input means: band names, patch size and class names.
+        info: The whole ``bundle.json`` body (train config, members, metrics, source checkpoint, ...).
+        views: The D4 elements test-time augmentation averages over (see :func:`data.pipeline.d4_transform`).
+        mode: The default prediction mode.
     """
 
-    model: ResNet
+    models: tuple[ResNet, ...]
     model_config: ResNetConfig
     band_stats: BandStats
     metadata: PatchMetadata
     info: dict[str, Any]
+    views: np.ndarray
+    mode: PredictionMode
 
-    def predict_probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """Class probabilities, shape (N, K), for raw (unnormalised) pixels of shape (N, C, H, W)."""
-        return predict_probabilities(self.model, pixels, self.band_stats)
+    @property
+    def model(self) -> ResNet:
+        """The best member's network."""
+        return self.models[0]
+
+    def predict_probabilities(
+        self, pixels: np.ndarray, ensemble: bool | None = None, tta: bool | None = None
+    ) -> np.ndarray:
+        """Class probabilities, shape (N, K), for raw (unnormalised) pixels of shape (N, C, H, W).
+
+        Args:
+            pixels: The patches.
+            ensemble: Average all members (False: the best alone); None: the bundle's default mode.
+            tta: Average over the TTA views (False: the patches as they are); None: the bundle's default mode.
+        """
+        mode = self.prediction_mode(ensemble, tta)
+        models = self.models if mode.ensemble else self.models[:1]
+        return ensemble_probabilities(models, pixels, self.band_stats, self.views if mode.tta else NO_TTA)
+
+    def prediction_mode(self, ensemble: bool | None = None, tta: bool | None = None) -> PredictionMode:
+        """The mode ``ensemble`` and ``tta`` ask for, the bundle's default mode where they are None."""
+        return PredictionMode(
+            ensemble=self.mode.ensemble if ensemble is None else ensemble, tta=self.mode.tta if tta is None else tta
+        )
 
 
 def export_bundle(
-    checkpoint_dir: str | os.PathLike,
+    checkpoint_dirs: str | os.PathLike | Sequence[str | os.PathLike],
     bundle_dir: str | os.PathLike,
     *,
+    members: Sequence[Mapping[str, Any]] | None = None,
+    mode: PredictionMode = PredictionMode(),
     extra: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the bundle of a training checkpoint atomically (a temporary sibling folder, validated, then renamed).
+    """Write the bundle of one or more training checkpoints atomically (a temporary sibling, validated, renamed).
 
     Args:
-        checkpoint_dir: A checkpoint folder written by ``workflows.loop.save_checkpoint``.
+        checkpoint_dirs: A checkpoint folder written by ``workflows.loop.save_checkpoint``, or several (an
+            ensemble's members, the best first) that share network, statistics and metadata.
         bundle_dir: The bundle folder to create.
+        members: JSON-serialisable values recorded with each member (for example its trial id and final
+            validation metric), one mapping per checkpoint.
+        mode: The default prediction mode recorded in the bundle.
         extra: JSON-serialisable values stored in ``bundle.json``; a ``metrics`` key (for example test metrics)
             replaces the checkpoint's own metrics.
         overwrite: Replace an existing bundle folder (only one that holds nothing but bundle files).
@@ -84,32 +156,52 @@ def export_bundle(
         The bundle folder.
 
     Raises:
-        BundleError: The checkpoint is unreadable or does not describe a valid bundle.
+        BundleError: A checkpoint is unreadable, the checkpoints disagree, or they do not describe a valid bundle.
         FileExistsError: ``bundle_dir`` exists and ``overwrite`` is false, or it is not a bundle folder.
     """
+    dirs = [checkpoint_dirs] if isinstance(checkpoint_dirs, (str, os.PathLike)) else list(checkpoint_dirs)
+    members = [{}] * len(dirs) if members is None else list(members)
+    if len(members) != len(dirs):
+        raise BundleError(f"{len(members)} member records for {len(dirs)} checkpoints; pass one per checkpoint")
     bundle_dir = Path(bundle_dir)
-    check_replaceable(bundle_dir, BUNDLE_FILES, "bundle", overwrite=overwrite)
+    owned = bundle_files(bundle_dir, len(dirs))
+    check_replaceable(bundle_dir, owned, "bundle", overwrite=overwrite)
     try:
-        state = load_checkpoint(checkpoint_dir)
-        metadata = PatchMetadata.from_json(state["metadata"], where=f"{checkpoint_dir} metadata")
+        states = read_members(dirs)
+        metadata = PatchMetadata.from_json(states[0]["metadata"], where=f"{dirs[0]} metadata")
+        augment, _ = tta_views(states[0].get("train_config"), metadata)
     except ValueError as err:
         raise BundleError(one_line(err)) from None
+    records = [
+        {
+            "file": member_file(i),
+            **dict(member),
+            "epoch": int(state["epoch"]),
+            "source_checkpoint": str(Path(directory).resolve()),
+        }
+        for i, (directory, state, member) in enumerate(zip(dirs, states, members, strict=True))
+    ]
+    best = states[0]
     info: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
-        "model_config": dict(state["model_config"]),
-        "band_stats": dict(state["band_stats"]),
+        "model_config": dict(best["model_config"]),
+        "band_stats": dict(best["band_stats"]),
         "metadata": json.loads(metadata.to_json()),
-        "train_config": state.get("train_config"),
-        "metrics": state.get("metrics"),
-        "source_checkpoint": str(Path(checkpoint_dir).resolve()),
-        "epoch": int(state["epoch"]),
+        "train_config": best.get("train_config"),
+        "metrics": best.get("metrics"),
+        "source_checkpoint": records[0]["source_checkpoint"],
+        "epoch": records[0]["epoch"],
+        "members": records,
+        "tta_views": augment,
+        "prediction": mode.to_dict(),
     }
     info.update(extra or {})
-    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in state["model"].items()}
 
-    with write_folder_atomic(bundle_dir, BUNDLE_FILES, "bundle", overwrite=overwrite) as tmp:
-        torch.save(weights, tmp / WEIGHTS_FILE)
+    with write_folder_atomic(bundle_dir, owned, "bundle", overwrite=overwrite) as tmp:
+        for record, state in zip(records, states, strict=True):
+            weights = {name: tensor.detach().cpu().contiguous() for name, tensor in state["model"].items()}
+            torch.save(weights, tmp / record["file"])
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         load_bundle(tmp)  # never publish a bundle that its own loader rejects
     return bundle_dir
@@ -118,9 +210,10 @@ def export_bundle(
 def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
     """Read and validate a model bundle.
 
-    Checks that both files exist, that ``bundle.json`` parses and has the required keys, that the weights load with
-    ``weights_only=True`` and fit the network built from ``model_config`` exactly (names and shapes), and that the
-    config, band statistics and metadata agree on bands, patch size and classes.
+    Checks that ``bundle.json`` exists, parses and has the required keys, that every member's weights file exists,
+    loads with ``weights_only=True`` and fits the network built from ``model_config`` exactly (names and shapes), that
+    the config, band statistics and metadata agree on bands, patch size and classes, and that the members, TTA views
+    and prediction mode are well formed.
 
     Raises:
         BundleError: Anything is missing or wrong; the message names the file and the problem.
@@ -128,20 +221,59 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise BundleError(f"{bundle_dir}: no such model bundle folder (expected {WEIGHTS_FILE} and {INFO_FILE})")
-    info_path, weights_path = bundle_dir / INFO_FILE, bundle_dir / WEIGHTS_FILE
-    for path in (info_path, weights_path):
-        if not path.is_file():
-            raise BundleError(f"{path}: missing from the model bundle; re-export it with workflows.bundle")
+    info_path = bundle_dir / INFO_FILE
+    if not info_path.is_file():
+        raise BundleError(f"{info_path}: missing from the model bundle; re-export it with workflows.bundle")
 
     info = _read_info(info_path)
     metadata = _parse(info_path, info, "metadata", lambda v: PatchMetadata.from_json(json.dumps(v), str(info_path)))
     model_config = _parse(info_path, info, "model_config", ResNetConfig.from_dict)
     band_stats = _parse(info_path, info, "band_stats", _band_stats)
     _check_consistent(info_path, model_config, band_stats, metadata)
+    files, views, mode = _ensemble(info_path, info, metadata)
 
-    model = ResNet(model_config)
-    model.load_state_dict(_read_weights(weights_path, model), strict=True)
-    return Bundle(model=model.eval(), model_config=model_config, band_stats=band_stats, metadata=metadata, info=info)
+    models = []
+    for name in files:
+        path = bundle_dir / name
+        if not path.is_file():
+            raise BundleError(f"{path}: missing from the model bundle; re-export it with workflows.bundle")
+        model = ResNet(model_config)
+        model.load_state_dict(_read_weights(path, model), strict=True)
+        models.append(model.eval())
+    return Bundle(tuple(models), model_config, band_stats, metadata, info, views, mode)
+
+
+def _ensemble(
+    path: Path, info: dict[str, Any], metadata: PatchMetadata
+) -> tuple[list[str], np.ndarray, PredictionMode]:
+    """The members' weights files, the TTA views and the default mode of a bundle; version 1 has one member."""
+    if info["version"] == 1:
+        return [WEIGHTS_FILE], _views(path, info.get("train_config"), metadata), LEGACY_MODE
+    members = info["members"]
+    if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
+        raise BundleError(f"{path}: 'members' must be a non-empty list of JSON objects, one per weights file")
+    files = [member.get("file") for member in members]
+    for index, name in enumerate(files):
+        if not isinstance(name, str) or not MEMBER_FILE_PATTERN.fullmatch(name):
+            raise BundleError(
+                f"{path}: member {index} names weights file {name!r}; expected a name of this folder such as "
+                f"{member_file(0)} or {member_file(1)}"
+            )
+    if len(set(files)) != len(files):
+        raise BundleError(f"{path}: members share a weights file ({brief_list(files)}); each needs its own")
+    views = _views(path, {"augment": info["tta_views"]}, metadata)
+    mode = info["prediction"]
+    if not isinstance(mode, dict) or not all(isinstance(mode.get(key), bool) for key in ("ensemble", "tta")):
+        raise BundleError(f"{path}: 'prediction' must be an object with true/false 'ensemble' and 'tta'")
+    return files, views, PredictionMode(ensemble=mode["ensemble"], tta=mode["tta"])
+
+
+def _views(path: Path, train_config: Any, metadata: PatchMetadata) -> np.ndarray:
+    """The TTA views of the augmentation a training config names (its default where it names none)."""
+    try:
+        return tta_views(train_config, metadata)[1]
+    except (ValueError, TypeError, AttributeError) as err:
+        raise BundleError(f"{path}: 'tta_views' is invalid ({one_line(err)})") from None
 
 
 def _read_info(path: Path) -> dict[str, Any]:
@@ -156,8 +288,13 @@ def _read_info(path: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: lacks {', '.join(missing)}")
     if info["format"] != BUNDLE_FORMAT:
         raise BundleError(f"{path}: format is {info['format']!r}, expected {BUNDLE_FORMAT!r}")
-    if info["version"] != BUNDLE_VERSION:
-        raise BundleError(f"{path}: bundle version {info['version']!r}, this code reads version {BUNDLE_VERSION}")
+    if info["version"] not in READABLE_VERSIONS:
+        raise BundleError(
+            f"{path}: bundle version {info['version']!r}, this code reads versions {brief_list(READABLE_VERSIONS)}"
+        )
+    missing = [key for key in ENSEMBLE_KEYS if key not in info] if info["version"] >= 2 else []
+    if missing:
+        raise BundleError(f"{path}: lacks {', '.join(missing)}")
     return info
 
 

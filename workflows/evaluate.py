@@ -1,9 +1,17 @@
-"""Test-split evaluation of a checkpoint with scikit-learn's metrics, its printed table, and atomic JSON output."""
+"""Test-split evaluation of checkpoints alone, as an ensemble and with test-time augmentation; lines and JSON output.
+
+An ensemble averages its members' softmax probabilities; test-time augmentation (TTA) averages them over the views of
+the augmentation group the members were trained with (``train_config["augment"]``; D4, all 8 flips/rotations, when
+a checkpoint does not say).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +20,40 @@ import torch
 
 from data.atomic import write_file_atomic
 from data.format import PatchMetadata, PatchSplit
-from data.pipeline import BandStats, normalise
+from data.pipeline import DEFAULT_AUGMENTATION, BandStats, augmentation_elements, d4_transform, normalise
 from resnet import ResNet, ResNetConfig
 from workflows.loop import load_checkpoint
 
 TEST_METRICS_FILE = "test_metrics.json"
 PREDICT_BATCH_SIZE = 1024
+# The identity element of d4_transform alone: prediction without test-time augmentation.
+NO_TTA = np.zeros(1, dtype=np.int64)
+# How a trained population predicts: its best member alone or all its members, each without or with TTA.
+SINGLE, ENSEMBLE, TTA_SUFFIX = "single", "ensemble", "+tta"
+# The figures kept of each variant beside the shipped one's full metrics.
+VARIANT_METRICS = ("accuracy", "macro_f1", "kappa")
+# Checkpoint keys that every member of an ensemble must share: one network shape, one input scaling, one meaning.
+SHARED_KEYS = ("model_config", "band_stats", "metadata")
+
+
+def variant_name(ensemble: bool, tta: bool) -> str:
+    """The key of a prediction variant: ``single``, ``ensemble``, ``single+tta`` or ``ensemble+tta``."""
+    return (ENSEMBLE if ensemble else SINGLE) + (TTA_SUFFIX if tta else "")
+
+
+def shown_variant(name: str) -> str:
+    """A variant's key as the summaries print it (``ensemble+TTA``)."""
+    return name.replace(TTA_SUFFIX, TTA_SUFFIX.upper())
+
+
+def tta_views(train_config: Mapping[str, Any] | None, metadata: PatchMetadata) -> tuple[str, np.ndarray]:
+    """The augmentation group a model was trained with and its elements, the views test-time augmentation averages.
+
+    Raises:
+        ValueError: The training config names an unknown group.
+    """
+    name = (train_config or {}).get("augment", DEFAULT_AUGMENTATION)
+    return name, augmentation_elements(name, square=metadata.height == metadata.width)
 
 
 def model_from_state(state: dict[str, Any]) -> ResNet:
@@ -27,15 +63,111 @@ def model_from_state(state: dict[str, Any]) -> ResNet:
     return model.eval()
 
 
-@torch.no_grad()
-def predict_probabilities(model: ResNet, pixels: np.ndarray, stats: BandStats) -> np.ndarray:
-    """Class probabilities, shape (N, K), for raw pixels (N, C, H, W), normalised with ``stats``."""
-    model.eval()
-    out = []
+def _normalised_batches(pixels: np.ndarray, stats: BandStats) -> Iterator[np.ndarray]:
+    """Normalised batches of at most ``PREDICT_BATCH_SIZE`` patches, (B, C, H, W) each."""
     for start in range(0, len(pixels), PREDICT_BATCH_SIZE):
-        x = torch.from_numpy(normalise(pixels[start : start + PREDICT_BATCH_SIZE], stats))
-        out.append(torch.softmax(model(x), dim=1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.config.num_classes), dtype=np.float32)
+        yield normalise(pixels[start : start + PREDICT_BATCH_SIZE], stats)
+
+
+@torch.no_grad()
+def _batch_views(models: Sequence[ResNet], batch: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """Probabilities of every model on every view of one normalised batch, shape (M, V, B, K)."""
+    out = np.empty((len(models), len(views), len(batch), models[0].config.num_classes), dtype=np.float32)
+    for model in models:
+        model.eval()
+    for v, element in enumerate(views):
+        # Normalisation is per band, so moving the normalised patches equals normalising the moved ones.
+        moved = torch.from_numpy(np.ascontiguousarray(d4_transform(batch, np.full(len(batch), element))))
+        for m, model in enumerate(models):
+            out[m, v] = torch.softmax(model(moved), dim=1).numpy()
+    return out
+
+
+def member_view_probabilities(
+    models: Sequence[ResNet], pixels: np.ndarray, stats: BandStats, views: np.ndarray
+) -> np.ndarray:
+    """Class probabilities of each model on each view, shape (M, V, N, K), for raw pixels (N, C, H, W).
+
+    View ``v`` applies the D4 element ``views[v]`` (see :func:`data.pipeline.d4_transform`) to every patch.
+    """
+    parts = [_batch_views(models, batch, views) for batch in _normalised_batches(pixels, stats)]
+    empty = (len(models), len(views), 0, models[0].config.num_classes)
+    return np.concatenate(parts, axis=2) if parts else np.zeros(empty, dtype=np.float32)
+
+
+def ensemble_probabilities(
+    models: Sequence[ResNet], pixels: np.ndarray, stats: BandStats, views: np.ndarray = NO_TTA
+) -> np.ndarray:
+    """Class probabilities, shape (N, K), for raw pixels (N, C, H, W): the mean over the models and the views."""
+    parts = [_batch_views(models, batch, views).mean(axis=(0, 1)) for batch in _normalised_batches(pixels, stats)]
+    return np.concatenate(parts) if parts else np.zeros((0, models[0].config.num_classes), dtype=np.float32)
+
+
+def predict_probabilities(model: ResNet, pixels: np.ndarray, stats: BandStats) -> np.ndarray:
+    """Class probabilities, shape (N, K), of one model for raw pixels (N, C, H, W), normalised with ``stats``."""
+    return ensemble_probabilities([model], pixels, stats)
+
+
+def rank_members(final: Mapping[str, Mapping[str, Any]], metric: str, mode: str) -> list[str]:
+    """The members an ensemble is made of, best first: those not diverged at their last report, else the best one.
+
+    Args:
+        final: Each member's last report (with ``diverged`` and ``metric``), by trial id.
+        metric: The ranking metric; a missing or non-finite value ranks last.
+        mode: ``max`` or ``min``.
+
+    Returns:
+        Trial ids, best first; ties keep the order of ``final``.
+    """
+
+    def rank(trial_id: str) -> float:
+        value = final[trial_id].get(metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return math.inf
+        return -value if mode == "max" else value
+
+    ranked = sorted(final, key=rank)
+    healthy = [trial_id for trial_id in ranked if not final[trial_id].get("diverged")]
+    return healthy or ranked[:1]
+
+
+def read_members(checkpoint_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Load the checkpoints of an ensemble's members, checking that they share network, statistics and metadata.
+
+    Raises:
+        ValueError: There are none, one is unreadable, or one differs from the first in a shared key.
+    """
+    if not checkpoint_dirs:
+        raise ValueError("no member checkpoints given; pass at least one")
+    states = [load_checkpoint(directory) for directory in checkpoint_dirs]
+    first = states[0]
+    for directory, state in zip(checkpoint_dirs[1:], states[1:], strict=True):
+        for key in (*SHARED_KEYS, "augment"):
+            ours, theirs = _shared(state, key), _shared(first, key)
+            if ours != theirs:
+                raise ValueError(
+                    f"{directory}: its {key} differs from that of {checkpoint_dirs[0]}; the members of an ensemble "
+                    "must come from one experiment"
+                )
+    return states
+
+
+def _shared(state: dict[str, Any], key: str) -> Any:
+    """A key members must agree on; ``augment`` is read from the training config, with its default."""
+    if key == "augment":
+        return (state.get("train_config") or {}).get("augment", DEFAULT_AUGMENTATION)
+    return state[key]
+
+
+def _check_split(split: PatchSplit, metadata: PatchMetadata) -> None:
+    """Refuse a split without labels or of another patch shape than the checkpoints'."""
+    if split.labels is None:
+        raise ValueError("the test split has no labels to evaluate against")
+    if split.pixels.shape[1:] != (metadata.num_bands, metadata.height, metadata.width):
+        raise ValueError(
+            f"test pixels have shape {split.pixels.shape[1:]}, the checkpoint expects "
+            f"{(metadata.num_bands, metadata.height, metadata.width)}"
+        )
 
 
 def classification_metrics(truth: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict[str, Any]:
@@ -70,24 +202,59 @@ def classification_metrics(truth: np.ndarray, predicted: np.ndarray, class_names
 
 
 def evaluate_checkpoint(checkpoint_dir: str | os.PathLike, split: PatchSplit) -> dict[str, Any]:
-    """Evaluate a training checkpoint on a labelled split, in this process (no Ray needed).
+    """Evaluate one training checkpoint on a labelled split, without TTA, in this process (no Ray needed).
 
     Raises:
         ValueError: The checkpoint is unreadable or the split does not match it.
     """
     state = load_checkpoint(checkpoint_dir)
     metadata = PatchMetadata.from_json(state["metadata"])
-    if split.labels is None:
-        raise ValueError("the test split has no labels to evaluate against")
-    if split.pixels.shape[1:] != (metadata.num_bands, metadata.height, metadata.width):
-        raise ValueError(
-            f"test pixels have shape {split.pixels.shape[1:]}, the checkpoint expects "
-            f"{(metadata.num_bands, metadata.height, metadata.width)}"
-        )
-    model = model_from_state(state)
-    probabilities = predict_probabilities(model, split.pixels, BandStats.from_dict(state["band_stats"]))
+    _check_split(split, metadata)
+    stats = BandStats.from_dict(state["band_stats"])
+    probabilities = predict_probabilities(model_from_state(state), split.pixels, stats)
     metrics = classification_metrics(split.labels, probabilities.argmax(axis=1), list(metadata.classes))
     metrics["checkpoint_epoch"] = int(state["epoch"])
+    return metrics
+
+
+def evaluate_members(checkpoint_dirs: Sequence[str | os.PathLike], split: PatchSplit) -> dict[str, Any]:
+    """Evaluate an ensemble's checkpoints (the best member first) on a labelled split, in this process.
+
+    Every member predicts every TTA view once; the variants are averages of those probabilities: ``single`` (the
+    first member, identity view), ``ensemble`` (all members, identity view; only with two or more) and
+    ``ensemble+tta`` (all members, all views; ``single+tta`` with one member). The top-level metrics are those of
+    the last, the shipped default; ``variants`` holds accuracy, macro-F1 and kappa of each.
+
+    Raises:
+        ValueError: A checkpoint is unreadable, the members disagree, or the split does not match them.
+    """
+    started = time.perf_counter()
+    states = read_members(checkpoint_dirs)
+    metadata = PatchMetadata.from_json(states[0]["metadata"])
+    _check_split(split, metadata)
+    augment, views = tta_views(states[0].get("train_config"), metadata)
+    # The identity view leads; it is computed once when the group holds it (every group here does).
+    elements = views if views[0] == NO_TTA[0] else np.concatenate([NO_TTA, views])
+    models = [model_from_state(state) for state in states]
+    stats = BandStats.from_dict(states[0]["band_stats"])
+    probabilities = member_view_probabilities(models, split.pixels, stats, elements)  # (M, V, N, K)
+    plain, tta = probabilities[:, 0], probabilities[:, len(elements) - len(views) :]
+    ensemble = len(models) > 1
+    candidates = {variant_name(False, False): plain[0]}
+    if ensemble:
+        candidates[variant_name(True, False)] = plain.mean(axis=0)
+    candidates[variant_name(ensemble, True)] = tta.mean(axis=(0, 1))
+    classes = list(metadata.classes)
+    scored = {name: classification_metrics(split.labels, p.argmax(axis=1), classes) for name, p in candidates.items()}
+    default = variant_name(ensemble, True)
+    metrics = dict(scored[default])
+    metrics.update(
+        variant=default,
+        variants={name: {key: m[key] for key in VARIANT_METRICS} for name, m in scored.items()},
+        tta_views={"augment": augment, "views": len(views)},
+        checkpoint_epoch=int(states[0]["epoch"]),
+        evaluation_seconds=time.perf_counter() - started,
+    )
     return metrics
 
 
@@ -102,6 +269,16 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
             f"{name:<16}{row['precision']:>10.3f}{row['recall']:>10.3f}{row['f1']:>10.3f}{row['support']:>10d}"
         )
     return "\n".join(lines)
+
+
+def format_variants(metrics: dict[str, Any]) -> str:
+    """One line per prediction variant of :func:`evaluate_members`: accuracy and macro-F1, the shipped one marked."""
+    width = max(len(shown_variant(name)) for name in metrics["variants"])
+    return "\n".join(
+        f"{'*' if name == metrics['variant'] else ' '} {shown_variant(name):<{width}}  accuracy {m['accuracy']:.4f}"
+        f"   macro-F1 {m['macro_f1']:.4f}"
+        for name, m in metrics["variants"].items()
+    )
 
 
 def write_json_atomic(path: str | os.PathLike, body: Any) -> Path:

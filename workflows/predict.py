@@ -65,17 +65,22 @@ class Predictor:
     Args:
         bundle_dir: The model bundle folder.
         threads: Torch intra-op threads of this actor (one per CPU it holds).
+        ensemble: Average all the bundle's members (False: the best alone); None: the bundle's default.
+        tta: Average over its test-time augmentation views (False: none); None: the bundle's default.
     """
 
-    def __init__(self, bundle_dir: str, threads: int = 1) -> None:
+    def __init__(
+        self, bundle_dir: str, threads: int = 1, ensemble: bool | None = None, tta: bool | None = None
+    ) -> None:
         torch.set_num_threads(threads)
         self.bundle = load_bundle(bundle_dir)
+        self.ensemble, self.tta = ensemble, tta
         self.classes = np.asarray(self.bundle.metadata.classes, dtype=object)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Patch ids, predicted class names and class probabilities of one batch."""
         pixels = np.asarray(batch[PIXELS], dtype=np.float32)  # (B, C, H, W), raw values
-        probabilities = self.bundle.predict_probabilities(pixels)  # (B, K)
+        probabilities = self.bundle.predict_probabilities(pixels, ensemble=self.ensemble, tta=self.tta)  # (B, K)
         out = {PATCH_ID: batch[PATCH_ID], PREDICTED_LABEL: self.classes[probabilities.argmax(axis=1)]}
         for k, name in enumerate(self.bundle.metadata.classes):
             out[probability_column(name)] = probabilities[:, k]
@@ -90,12 +95,25 @@ def build_parser() -> argparse.ArgumentParser:
         "when the input has labels.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", type=Path, required=True, help="model bundle folder (weights.pt, bundle.json)")
+    parser.add_argument("--model", type=Path, required=True, help="model bundle folder (bundle.json, weights*.pt)")
     parser.add_argument("--input", type=Path, required=True, help="a Parquet file of patches or a dataset folder")
     parser.add_argument("--split", choices=SPLITS, default="test", help="split to classify when --input is a folder")
     parser.add_argument("--output", type=Path, required=True, help="Parquet file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--batch-size", type=positive_int, default=PREDICT_BATCH_SIZE, help="patches per forward pass")
+    parser.add_argument(
+        "--ensemble",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average all the bundle's members; --no-ensemble: its best member alone (default: the bundle's mode)",
+    )
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average over the flips/rotations the model was trained with; --no-tta: the patches as they are "
+        "(default: the bundle's mode)",
+    )
     parser.add_argument(
         "--concurrency", type=positive_int, default=None, help="model actors (default: one per cluster CPU)"
     )
@@ -193,8 +211,18 @@ def input_table(split: PatchSplit) -> pa.Table:
     )
 
 
-def run_inference(split: PatchSplit, bundle_dir: Path, batch_size: int, concurrency: int) -> pa.Table:
-    """Classify a split on the connected Ray cluster with a pool of :class:`Predictor` actors; rows in input order."""
+def run_inference(
+    split: PatchSplit,
+    bundle_dir: Path,
+    batch_size: int,
+    concurrency: int,
+    ensemble: bool | None = None,
+    tta: bool | None = None,
+) -> pa.Table:
+    """Classify a split on the connected Ray cluster with a pool of :class:`Predictor` actors; rows in input order.
+
+    ``ensemble`` and ``tta`` choose the prediction mode as in :meth:`workflows.bundle.Bundle.predict_probabilities`.
+    """
     import ray.data
 
     context = ray.data.DataContext.get_current()
@@ -207,7 +235,7 @@ def run_inference(split: PatchSplit, bundle_dir: Path, batch_size: int, concurre
     ds = ray.data.from_arrow([table.slice(start, rows) for start in range(0, len(table), rows)])
     predictions = ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"bundle_dir": str(bundle_dir.resolve()), "threads": 1},
+        fn_constructor_kwargs={"bundle_dir": str(bundle_dir.resolve()), "threads": 1, "ensemble": ensemble, "tta": tta},
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
@@ -251,8 +279,14 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
         connected = time.perf_counter()
         concurrency = args.concurrency or max(1, int(cluster_cpus()))
         concurrency = min(concurrency, len(split))
-        print(f"classifying {len(split)} patches from {where} with {concurrency} model actors", flush=True)
-        table = run_inference(split, args.model, args.batch_size, concurrency)
+        mode = bundle.prediction_mode(args.ensemble, args.tta)
+        members, views = len(bundle.models) if mode.ensemble else 1, len(bundle.views) if mode.tta else 1
+        print(
+            f"classifying {len(split)} patches from {where} with {concurrency} model actors "
+            f"({members} member(s) x {views} view(s) each)",
+            flush=True,
+        )
+        table = run_inference(split, args.model, args.batch_size, concurrency, mode.ensemble, mode.tta)
         finished = time.perf_counter()
     finally:
         if started_ray:

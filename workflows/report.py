@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from data.atomic import write_file_atomic
 from workflows.config import GRAD_CLIP, LR
+from workflows.evaluate import shown_variant
 
 SUMMARY_FILE = "report.json"
 VAL_ACC_PLOT = "val_acc.png"
@@ -39,8 +40,11 @@ def write_report(pbt: dict[str, Any], test_metrics: dict[str, Any], out_dir: str
     Args:
         pbt: The PBT run's record: ``metric``, ``best_trial`` and per-trial ``initial_config``, ``final_config``,
             ``history`` (one entry per report), ``exploits`` and ``final``.
-        test_metrics: The best trial's test-split metrics: ``accuracy``, ``macro_f1``, ``kappa``,
-            ``confusion_matrix`` (rows are true classes) and ``class_names``.
+        test_metrics: The shipped model's test-split metrics: ``accuracy``, ``macro_f1``, ``kappa``,
+            ``confusion_matrix`` (rows are true classes) and ``class_names``; optionally ``variant`` (its name),
+            ``variants`` (accuracy, macro-F1 and kappa of each way the population predicts) and ``baselines``
+            (those of the classic models, or why one was skipped), as ``workflows.evaluate.evaluate_members`` and
+            ``workflows.baselines.run_baselines`` give them.
         out_dir: Folder to write into; created if missing. Existing report files are replaced.
 
     Returns:
@@ -135,7 +139,7 @@ def _summary(pbt: dict[str, Any], test_metrics: dict[str, Any]) -> dict[str, Any
         "population": len(trials),
         "best_trial": best,
         "best_config": pbt["trials"][best]["final_config"],
-        "test": {name: _finite_or_none(test_metrics.get(name)) for name in TEST_METRICS},
+        "test": _test_summary(test_metrics),
         "diverged_at_end": sum(trial["diverged"] for trial in trials.values()),
         "trials": trials,
         "plots": list(PLOTS),
@@ -245,7 +249,8 @@ def _plot_confusion(test_metrics: dict[str, Any]) -> Figure:
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     accuracy = test_metrics.get("accuracy")
-    ax.set_title("test confusion matrix" + (f" (accuracy {accuracy:.3f})" if accuracy is not None else ""))
+    variant = f", {shown_variant(test_metrics['variant'])}" if "variant" in test_metrics else ""
+    ax.set_title(f"test confusion matrix{variant}" + (f" (accuracy {accuracy:.3f})" if accuracy is not None else ""))
     fig.colorbar(image, ax=ax, label="fraction of the true class", shrink=0.8)
     return fig
 
@@ -277,6 +282,24 @@ def _save_figure(fig: Figure, path: Path) -> Path:
         return write_file_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
     finally:
         plt.close(fig)
+
+
+def _test_summary(test_metrics: dict[str, Any]) -> dict[str, Any]:
+    """The shipped model's test figures, and those of its variants and the baselines where the metrics hold them."""
+    summary: dict[str, Any] = {name: _finite_or_none(test_metrics.get(name)) for name in TEST_METRICS}
+    if "variant" in test_metrics:
+        summary["variant"] = test_metrics["variant"]
+    for group in ("variants", "baselines"):
+        if group in test_metrics:
+            summary[group] = {name: _figures(body) for name, body in test_metrics[group].items()}
+    return summary
+
+
+def _figures(body: dict[str, Any]) -> dict[str, Any]:
+    """A variant's or baseline's test figures, NaN as ``None``; its name and a skip note kept as they are."""
+    figures = {key: body[key] for key in ("name", "skipped") if key in body}
+    figures.update({name: _finite_or_none(body[name]) for name in TEST_METRICS if name in body})
+    return figures
 
 
 def _finite_or_nan(value: Any) -> float:

@@ -18,10 +18,11 @@ from data import DEFAULT_DATASET_DIR
 from data.atomic import check_creatable
 from data.format import PatchFormatError, read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
+from workflows.baselines import format_test_summary, run_baselines
 from workflows.bundle import export_bundle
 from workflows.cluster import cluster_gpus, connect
-from workflows.config import OPTIMIZERS, TrainConfig, reject_uri
-from workflows.evaluate import TEST_METRICS_FILE, evaluate_checkpoint, format_metrics_table, write_json_atomic
+from workflows.config import AUGMENTATIONS, OPTIMIZERS, TrainConfig, reject_uri
+from workflows.evaluate import TEST_METRICS_FILE, VARIANT_METRICS, evaluate_members, write_json_atomic
 from workflows.flags import (
     grad_clip,
     non_negative_float,
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     opt.add_argument("--channels", type=positive_int, default=DEFAULTS.channels, help="network width")
     opt.add_argument("--dropout", type=unit_fraction, default=DEFAULTS.dropout)
+    opt.add_argument(
+        "--augment", choices=AUGMENTATIONS, default=DEFAULTS.augment, help="flips/rotations drawn per training patch"
+    )
     opt.add_argument("--seed", type=int, default=DEFAULTS.seed)
     scale = parser.add_argument_group("Ray")
     scale.add_argument("--num-workers", type=positive_int, default=DEFAULTS.num_workers, help="data-parallel workers")
@@ -132,14 +136,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     write_json_atomic(results / HISTORY_FILE, outcome.history)
     if outcome.best_checkpoint is None:
         raise RuntimeError("training finished without a checkpoint; nothing to evaluate")
-    metrics = evaluate_checkpoint(outcome.best_checkpoint, dataset.test)
-    metrics["checkpoint"] = outcome.best_checkpoint
-    metrics["train_config"] = cfg.to_dict()
+    metrics = evaluate_members([outcome.best_checkpoint], dataset.test)  # variants: single, single+tta
+    metrics.update(checkpoint=outcome.best_checkpoint, train_config=cfg.to_dict(), baselines=run_baselines(dataset))
     write_json_atomic(results / TEST_METRICS_FILE, metrics)
-    summary = {k: metrics[k] for k in ("accuracy", "macro_f1", "kappa")}
+    summary = {key: metrics[key] for key in (*VARIANT_METRICS, "variant", "variants")}
     export_bundle(outcome.best_checkpoint, results / BUNDLE_DIR, extra={"test_metrics": summary}, overwrite=True)
     print(f"best checkpoint: epoch {metrics['checkpoint_epoch']} ({outcome.best_checkpoint})")
-    print(format_metrics_table(metrics))
+    print(format_test_summary(metrics))
     print(f"wrote {results / TEST_METRICS_FILE} and the model bundle {results / BUNDLE_DIR}")
     print(f"curves by epoch: tensorboard --logdir {results / TENSORBOARD_DIR}")
     return metrics

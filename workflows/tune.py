@@ -12,6 +12,7 @@ Tune's own records, used by ``--resume``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -28,10 +29,17 @@ from data import DEFAULT_DATASET_DIR
 from data.atomic import check_creatable
 from data.format import PatchFormatError, read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
+from workflows.baselines import format_test_summary, run_baselines
 from workflows.bundle import export_bundle
 from workflows.cluster import cluster_cpus, cluster_gpus, connect
-from workflows.config import GRAD_CLIP, LR, OPTIMIZERS, TrainConfig, reject_uri
-from workflows.evaluate import TEST_METRICS_FILE, evaluate_checkpoint, format_metrics_table, write_json_atomic
+from workflows.config import AUGMENTATIONS, GRAD_CLIP, LR, OPTIMIZERS, TrainConfig, reject_uri
+from workflows.evaluate import (
+    TEST_METRICS_FILE,
+    VARIANT_METRICS,
+    evaluate_members,
+    rank_members,
+    write_json_atomic,
+)
 from workflows.flags import non_negative_float, positive_float, positive_int, unit_fraction
 from workflows.pbt import (
     INITIAL_LR_RANGE,
@@ -43,7 +51,7 @@ from workflows.pbt import (
     read_member_logs,
     remove_train_runs,
 )
-from workflows.progress import TENSORBOARD_DIR, PopulationProgress
+from workflows.progress import TENSORBOARD_DIR, PopulationProgress, quiet_tune_timing_notes
 from workflows.report import format_summary, write_report
 
 log = logging.getLogger(__name__)
@@ -86,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     """Flags of the PBT experiment; defaults come from :class:`TuneDefaults` and :class:`TrainConfig`."""
     parser = argparse.ArgumentParser(
         description="Population-based training of the fixed ResNet over learning rate and gradient clipping. "
-        "Members that diverge are replaced by copies of healthy ones with mutated settings. Afterwards the best "
-        "member is evaluated on the test split and exported as a model bundle, with a JSON and PNG report.",
+        "Members that diverge are replaced by copies of healthy ones with mutated settings. Afterwards the final "
+        "population's healthy members are evaluated on the test split (best alone, ensemble, ensemble over the "
+        "flips/rotations) beside a random forest and a logistic regression, and exported as an ensemble model "
+        "bundle, with a JSON and PNG report.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     io = parser.add_argument_group("data and output")
@@ -132,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=non_negative_float, default=DEFAULTS.weight_decay)
     train.add_argument("--label-smoothing", type=unit_fraction, default=DEFAULTS.label_smoothing)
     train.add_argument("--channels", type=positive_int, default=DEFAULTS.channels, help="network width")
+    train.add_argument(
+        "--augment", choices=AUGMENTATIONS, default=DEFAULTS.augment, help="flips/rotations drawn per training patch"
+    )
     ray_group = parser.add_argument_group("Ray")
     ray_group.add_argument("--workers-per-trial", type=positive_int, default=TUNE_DEFAULTS.workers_per_trial)
     ray_group.add_argument(
@@ -231,7 +244,7 @@ def build_pbt_record(member_logs: dict[str, list[dict[str, Any]]], args: argpars
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run (or resume) the experiment and write its outputs; returns the test metrics of the best member.
+    """Run (or resume) the experiment and write its outputs; returns the test metrics of the shipped ensemble.
 
     Raises:
         PatchFormatError: The dataset is invalid.
@@ -266,6 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
         channels=args.channels,
+        augment=args.augment,
         epochs=args.epochs,
         seed=args.seed,
         num_workers=args.workers_per_trial,
@@ -339,6 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", str(MEMBER_STOP_TIMEOUT_S))
     # Tune's newer console output prints its boxed experiment table even at verbose=0; the older one is silent there.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    quiet_tune_timing_notes()
     started = time.perf_counter()
     grid = tuner.fit()
     elapsed = time.perf_counter() - started
@@ -349,19 +364,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{results}: interrupted with {len(unfinished)} member(s) unfinished; continue with "
             f"python workflows/tune.py --resume --results {results}"
         )
-    best = grid.get_best_result(metric=args.metric, mode=args.mode, scope="last", filter_nan_and_inf=True)
-    if best.checkpoint is None:
+    finished = {str(r.metrics.get("trial_id")): r for r in grid if r.checkpoint is not None and r.metrics}
+    if not finished:
         raise RuntimeError(f"no member left a checkpoint; errors: {errors or 'none'}")
-    best_trial = str(best.metrics.get("trial_id"))
-    with best.checkpoint.as_directory() as checkpoint_dir:
-        metrics = evaluate_checkpoint(checkpoint_dir, dataset.test)
+    # The shipped ensemble: the final population's healthy members, best first (the best alone if none is healthy).
+    ranked = rank_members({trial_id: r.metrics for trial_id, r in finished.items()}, args.metric, args.mode)
+    chosen = [finished[trial_id] for trial_id in ranked]
+    best, best_trial = chosen[0], ranked[0]
+    members = [{"trial_id": trial_id, args.metric: finished[trial_id].metrics.get(args.metric)} for trial_id in ranked]
+    with contextlib.ExitStack() as stack:
+        checkpoint_dirs = [stack.enter_context(r.checkpoint.as_directory()) for r in chosen]
+        metrics = evaluate_members(checkpoint_dirs, dataset.test)
         metrics.update(best_trial=best_trial, best_config={LR: best.config[LR], GRAD_CLIP: best.config[GRAD_CLIP]})
-        metrics["wall_seconds"] = elapsed
+        metrics.update(members=members, baselines=run_baselines(dataset), wall_seconds=elapsed)
         write_json_atomic(results / TEST_METRICS_FILE, metrics)
+        summary = {key: metrics[key] for key in (*VARIANT_METRICS, "variant", "variants")}
         export_bundle(
-            checkpoint_dir,
+            checkpoint_dirs,
             results / BUNDLE_DIR,
-            extra={"test_metrics": {k: metrics[k] for k in ("accuracy", "macro_f1", "kappa")}, "trial": best_trial},
+            members=members,
+            extra={"test_metrics": summary, "trial": best_trial},
             overwrite=True,
         )
     record = build_pbt_record(read_member_logs(member_logs), args, best_trial)
@@ -374,7 +396,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(format_summary(record))
     print(f"members diverged at the end: {diverged} of {len(record['trials'])}; exploits: {exploits}")
     print(f"best member {best_trial} (lr {best.config[LR]:.3g}, grad_clip {best.config[GRAD_CLIP]})")
-    print(format_metrics_table(metrics))
+    print(f"ensemble: {len(chosen)} healthy member(s) at the end ({', '.join(ranked)})")
+    print(format_test_summary(metrics))
     print(f"wall time {elapsed:.0f} s")
     if errors:
         print(f"members that failed: {len(errors)}: {errors[0]}")

@@ -1,4 +1,5 @@
-"""Tests of the model bundle: export from a checkpoint, the validating loader, and the data compatibility check."""
+"""Tests of the model bundle: export from checkpoints (one or an ensemble), the validating loader, the prediction
+modes (ensemble, test-time augmentation), version-1 bundles, and the data compatibility check."""
 
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ import pytest
 import torch
 
 from data.format import PatchMetadata
-from data.pipeline import compute_band_stats, normalise
+from data.pipeline import augmentation_elements, compute_band_stats, d4_transform, normalise
 from data.synthetic import generate
 from resnet import ResNet, ResNetConfig
 from workflows.bundle import (
     INFO_FILE,
+    LEGACY_MODE,
     WEIGHTS_FILE,
     BundleError,
+    PredictionMode,
     check_compatible,
     export_bundle,
     load_bundle,
+    member_file,
 )
 from workflows.evaluate import model_from_state, predict_probabilities
 from workflows.loop import load_checkpoint, save_checkpoint
@@ -30,11 +34,20 @@ COUNTS = {"train": 70, "val": 14, "test": 28}
 CHANNELS = 16  # small and quick; the format does not depend on the width
 
 
-def make_checkpoint(directory: Path, seed: int = 0) -> Path:
-    """A checkpoint as the training loop writes it, from a model that took a few steps (so BatchNorm has stats)."""
+def make_checkpoint(
+    directory: Path, seed: int = 0, *, model_seed: int | None = None, augment: str | None = None
+) -> Path:
+    """A checkpoint as the training loop writes it, from a model that took a few steps (so BatchNorm has stats).
+
+    Args:
+        directory: Where to write it.
+        seed: Seed of the data (and, unless ``model_seed`` is given, of the model).
+        model_seed: Seed of the model alone: checkpoints that differ only in it are members of one ensemble.
+        augment: The training config's augmentation group; None leaves the key out, as older checkpoints did.
+    """
     dataset = generate(COUNTS, seed=seed)
     stats = compute_band_stats(dataset.train.pixels)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed if model_seed is None else model_seed)
     config = ResNetConfig.from_metadata(dataset.metadata, channels=CHANNELS)
     model = ResNet(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -53,7 +66,7 @@ def make_checkpoint(directory: Path, seed: int = 0) -> Path:
             "epoch": 3,
             "band_stats": stats.to_dict(),
             "model_config": config.to_dict(),
-            "train_config": {"lr": 1e-3, "seed": seed},
+            "train_config": {"lr": 1e-3, "seed": seed, **({} if augment is None else {"augment": augment})},
             "metadata": dataset.metadata.to_json(),
             "metrics": {"val_acc": 0.5},
         },
@@ -103,7 +116,101 @@ def test_round_trip_gives_the_checkpoint_model_and_statistics(checkpoint, bundle
     assert set(weights) == set(state["model"]) and all(isinstance(v, torch.Tensor) for v in weights.values())
     pixels = generate({"test": 21}, seed=9).test.pixels
     expected = predict_probabilities(model_from_state(state), pixels, loaded.band_stats)
+    np.testing.assert_array_equal(loaded.predict_probabilities(pixels, tta=False), expected)
+    assert loaded.mode == PredictionMode(ensemble=True, tta=True)  # the shipped default
+    assert loaded.info["members"][0]["file"] == WEIGHTS_FILE and loaded.info["tta_views"] == "d4"
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory) -> list[Path]:
+    """Two checkpoints of one ensemble: same data and statistics, models from different seeds."""
+    root = tmp_path_factory.mktemp("members")
+    return [make_checkpoint(root / f"ck{i}", model_seed=10 + i) for i in range(2)]
+
+
+@pytest.fixture
+def ensemble(members, tmp_path) -> Path:
+    return export_bundle(members, tmp_path / "ensemble", members=[{"trial_id": "a", "val_acc": 0.8}, {"trial_id": "b"}])
+
+
+def mean_over_views(model: ResNet, pixels: np.ndarray, stats, elements) -> np.ndarray:
+    """The TTA reference: the model's probabilities on each moved copy of the patches, averaged."""
+    views = [predict_probabilities(model, d4_transform(pixels, np.full(len(pixels), k)), stats) for k in elements]
+    return np.mean(views, axis=0)
+
+
+def test_ensemble_bundle_averages_its_members_probabilities(members, ensemble):
+    assert sorted(p.name for p in ensemble.iterdir()) == sorted([INFO_FILE, WEIGHTS_FILE, member_file(1)])
+    loaded = load_bundle(ensemble)
+    assert len(loaded.models) == 2 and not any(model.training for model in loaded.models)
+    assert [(m["file"], m["trial_id"]) for m in loaded.info["members"]] == [(WEIGHTS_FILE, "a"), (member_file(1), "b")]
+    assert loaded.info["members"][0]["val_acc"] == 0.8
+    assert loaded.info["members"][1]["source_checkpoint"] == str(members[1].resolve())
+    models = [model_from_state(load_checkpoint(ck)) for ck in members]
+    pixels = generate({"test": 21}, seed=9).test.pixels
+    single = [predict_probabilities(model, pixels, loaded.band_stats) for model in models]
+    np.testing.assert_allclose(loaded.predict_probabilities(pixels, tta=False), (single[0] + single[1]) / 2, atol=1e-6)
+    np.testing.assert_array_equal(loaded.predict_probabilities(pixels, ensemble=False, tta=False), single[0])
+    # The default: both members over the 8 views of D4 (the checkpoints name no augmentation: D4 by default).
+    d4 = augmentation_elements("d4")
+    tta = [mean_over_views(model, pixels, loaded.band_stats, d4) for model in models]
+    np.testing.assert_allclose(loaded.predict_probabilities(pixels), (tta[0] + tta[1]) / 2, atol=1e-6)
+    np.testing.assert_allclose(loaded.predict_probabilities(pixels, ensemble=False), tta[0], atol=1e-6)
+    assert not np.allclose(single[0], single[1], atol=1e-3)  # two different models, or the test proves nothing
+
+
+def test_a_model_trained_without_augmentation_predicts_one_view(tmp_path):
+    checkpoint = make_checkpoint(tmp_path / "ck", augment="none")
+    loaded = load_bundle(export_bundle(checkpoint, tmp_path / "bundle"))
+    assert loaded.info["tta_views"] == "none" and loaded.views.tolist() == [0]
+    pixels = generate({"test": 21}, seed=9).test.pixels
+    np.testing.assert_array_equal(loaded.predict_probabilities(pixels), loaded.predict_probabilities(pixels, tta=False))
+
+
+def test_a_version_1_bundle_loads_as_one_member_without_tta(checkpoint, bundle):
+    rewrite_info(bundle, lambda info: [info.pop(key) for key in ("members", "tta_views", "prediction")])
+    rewrite_info(bundle, lambda info: info.update(version=1))
+    loaded = load_bundle(bundle)
+    assert len(loaded.models) == 1 and loaded.mode == LEGACY_MODE
+    assert len(loaded.views) == 8  # trained with D4 before the group was recorded: TTA can still be asked for
+    pixels = generate({"test": 21}, seed=9).test.pixels
+    expected = predict_probabilities(model_from_state(load_checkpoint(checkpoint)), pixels, loaded.band_stats)
     np.testing.assert_array_equal(loaded.predict_probabilities(pixels), expected)
+
+
+def test_members_that_disagree_are_refused(members, tmp_path):
+    other = make_checkpoint(tmp_path / "other", seed=5)  # other data, so other band statistics
+    with pytest.raises(BundleError, match="band_stats differs") as caught:
+        export_bundle([members[0], other], tmp_path / "bundle")
+    assert "\n" not in str(caught.value) and not (tmp_path / "bundle").exists()
+    with pytest.raises(BundleError, match="2 member records for 1 checkpoints"):
+        export_bundle([members[0]], tmp_path / "bundle", members=[{}, {}])
+
+
+def test_a_smaller_bundle_replaces_a_larger_one(members, ensemble):
+    export_bundle(members[0], ensemble, overwrite=True)
+    assert sorted(p.name for p in ensemble.iterdir()) == sorted([INFO_FILE, WEIGHTS_FILE])
+    assert len(load_bundle(ensemble).models) == 1
+
+
+def test_a_missing_or_misnamed_member_file(ensemble):
+    (ensemble / member_file(1)).unlink()
+    assert_one_line_error(ensemble, str(ensemble / member_file(1)), "missing")
+    rewrite_info(ensemble, lambda info: info["members"][1].update(file="../checkpoint.pt"))
+    assert_one_line_error(ensemble, "member 1 names weights file '../checkpoint.pt'")
+    rewrite_info(ensemble, lambda info: info["members"][1].update(file=WEIGHTS_FILE))
+    assert_one_line_error(ensemble, "members share a weights file")
+
+
+def test_invalid_ensemble_records(ensemble):
+    rewrite_info(ensemble, lambda info: info.update(members=[]))
+    assert_one_line_error(ensemble, "'members' must be a non-empty list")
+    rewrite_info(ensemble, lambda info: info.update(members=[{"file": WEIGHTS_FILE}], tta_views="spin"))
+    assert_one_line_error(ensemble, "'tta_views' is invalid", "spin")
+    rewrite_info(ensemble, lambda info: info.update(tta_views="d4", prediction={"ensemble": "yes", "tta": True}))
+    assert_one_line_error(ensemble, "'prediction' must be an object")
+    rewrite_info(ensemble, lambda info: info.pop("prediction"))
+    assert_one_line_error(ensemble, "lacks prediction")
 
 
 def test_extra_values_are_stored(checkpoint, tmp_path):
@@ -167,13 +274,14 @@ class CodeRunner:
         return (os.system, ("echo owned",))
 
 
+@pytest.mark.parametrize("member", [0, 1])  # the best member's weights.pt and another member's weights-1.pt
 @pytest.mark.parametrize(("payload", "name"), [(Payload(), "test_bundle.Payload"), (CodeRunner(), "system")])
-def test_weights_with_arbitrary_objects_are_refused_for_safety(bundle, payload, name):
-    torch.save({"stem.0.weight": payload}, bundle / WEIGHTS_FILE)
+def test_weights_with_arbitrary_objects_are_refused_for_safety(ensemble, member, payload, name):
+    torch.save({"stem.0.weight": payload}, ensemble / member_file(member))
     with pytest.raises(BundleError) as caught:
-        load_bundle(bundle)
+        load_bundle(ensemble)
     message = str(caught.value)
-    assert "\n" not in message and message.startswith(str(bundle / WEIGHTS_FILE))
+    assert "\n" not in message and message.startswith(str(ensemble / member_file(member)))
     for fragment in ("refused for safety", "objects other than tensors", "could run code", name):
         assert fragment in message, message
     for advice in ("weights_only", "corrupt", "truncated", "trusted source"):

@@ -14,11 +14,11 @@ import torch
 from test_bundle import make_checkpoint
 
 from data.format import PatchSplit, write_dataset, write_split
-from data.pipeline import BandStats
+from data.pipeline import BandStats, augmentation_elements
 from data.synthetic import generate
 from workflows import predict
 from workflows.bundle import INFO_FILE, WEIGHTS_FILE, export_bundle
-from workflows.evaluate import classification_metrics, model_from_state, predict_probabilities
+from workflows.evaluate import NO_TTA, classification_metrics, ensemble_probabilities, model_from_state
 from workflows.loop import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,9 +28,10 @@ DATA_SEED = 11  # another seed than the checkpoint's, so the inputs are unseen p
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    """A checkpoint, its bundle, a labelled dataset folder and an unlabelled Parquet file."""
+    """A checkpoint, its bundle, a two-member bundle, a labelled dataset folder and an unlabelled Parquet file."""
     root = tmp_path_factory.mktemp("predict")
     checkpoint = make_checkpoint(root / "checkpoint")
+    other = make_checkpoint(root / "other", model_seed=1)  # same data and statistics, another model
     dataset = generate({"train": 35, "test": 63}, seed=DATA_SEED)
     write_dataset(root / "dataset", dataset)
     unlabelled = dataclasses.replace(dataset.train, labels=None)
@@ -38,15 +39,18 @@ def files(tmp_path_factory) -> dict[str, Path]:
     return {
         "checkpoint": checkpoint,
         "bundle": export_bundle(checkpoint, root / "bundle"),
+        "ensemble": export_bundle([checkpoint, other], root / "ensemble"),
         "dataset": root / "dataset",
         "unlabelled": root / "unlabelled.parquet",
     }
 
 
-def reference(checkpoint: Path, split: PatchSplit) -> np.ndarray:
-    """Probabilities of the checkpoint's model, in this process, without the bundle or Ray."""
+def reference(checkpoint: Path, split: PatchSplit, tta: bool = True) -> np.ndarray:
+    """Probabilities of the checkpoint's model, over the D4 views or not, in this process without bundle or Ray."""
     state = load_checkpoint(checkpoint)
-    return predict_probabilities(model_from_state(state), split.pixels, BandStats.from_dict(state["band_stats"]))
+    views = augmentation_elements("d4") if tta else NO_TTA
+    stats = BandStats.from_dict(state["band_stats"])
+    return ensemble_probabilities([model_from_state(state)], split.pixels, stats, views)
 
 
 def assert_error(code: int, stderr: str, *fragments: str) -> None:
@@ -65,7 +69,8 @@ def test_script_end_to_end(files, tmp_path):
     """The script as a user runs it: its own local Ray, progress lines, metrics, one Parquet file."""
     shown = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0
-    for option in ("--model", "--input", "--output", "--split", "--overwrite", "--batch-size", "--concurrency"):
+    options = ("--model", "--input", "--output", "--split", "--overwrite", "--batch-size", "--concurrency")
+    for option in (*options, "--no-ensemble", "--no-tta"):
         assert option in shown.stdout
     out = tmp_path / "out.parquet"
     args = ["--model", files["bundle"], "--input", files["dataset"] / "test.parquet", "--output", out]
@@ -169,14 +174,28 @@ def test_unlabelled_input_and_overwrite(files, tmp_path, capsys, ray_cluster):
     out = tmp_path / "preds.parquet"
     out.write_bytes(b"old")
     code, stdout, err = run_main(
-        capsys, "--model", files["bundle"], "--input", files["unlabelled"], "--output", out, "--overwrite"
+        capsys, "--model", files["bundle"], "--input", files["unlabelled"], "--output", out, "--overwrite", "--no-tta"
     )
     assert code == 0, err
-    assert "accuracy" not in stdout
+    assert "accuracy" not in stdout and "(1 member(s) x 1 view(s) each)" in stdout
     split = generate({"train": 35, "test": 63}, seed=DATA_SEED).train
     table = pq.read_table(out)
     assert table.column("patch_id").to_pylist() == split.patch_ids.tolist()
     classes = [name.removeprefix("prob_") for name in table.column_names[2:]]
     probabilities = np.stack([table.column(f"prob_{c}").to_numpy() for c in classes], axis=1)
-    np.testing.assert_allclose(probabilities, reference(files["checkpoint"], split), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(probabilities, reference(files["checkpoint"], split, tta=False), rtol=0, atol=1e-5)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_no_ensemble_predicts_with_the_best_member_alone(files, tmp_path, capsys, ray_cluster):
+    out = tmp_path / "preds.parquet"
+    code, stdout, err = run_main(
+        capsys, "--model", files["ensemble"], "--input", files["unlabelled"], "--output", out, "--no-ensemble"
+    )
+    assert code == 0, err
+    assert "(1 member(s) x 8 view(s) each)" in stdout
+    table = pq.read_table(out)
+    classes = [name.removeprefix("prob_") for name in table.column_names[2:]]
+    probabilities = np.stack([table.column(f"prob_{c}").to_numpy() for c in classes], axis=1)
+    split = generate({"train": 35, "test": 63}, seed=DATA_SEED).train
+    np.testing.assert_allclose(probabilities, reference(files["checkpoint"], split), rtol=0, atol=1e-5)

@@ -101,6 +101,25 @@ def _test_metrics(classes: int, seed: int = 0) -> dict:
     }
 
 
+def _ensemble_metrics(classes: int) -> dict:
+    """Test metrics as the main job writes them: the shipped ensemble+TTA, its variants and the baselines."""
+    metrics = _test_metrics(classes)
+    shipped = {name: metrics[name] for name in ("accuracy", "macro_f1", "kappa")}
+    metrics.update(
+        variant="ensemble+tta",
+        variants={
+            "single": {"accuracy": 0.8705, "macro_f1": 0.86, "kappa": 0.84},
+            "ensemble": {"accuracy": 0.885, "macro_f1": float("nan"), "kappa": 0.86},
+            "ensemble+tta": shipped,
+        },
+        baselines={
+            "random_forest": {"name": "random forest", "accuracy": 0.831, "macro_f1": 0.82, "kappa": 0.8, "seconds": 5},
+            "logistic_regression": {"name": "logistic regression", "skipped": "logistic regression skipped: too large"},
+        },
+    )
+    return metrics
+
+
 def _assert_png(path: Path) -> None:
     body = path.read_bytes()
     assert body.startswith(PNG_MAGIC), path
@@ -138,6 +157,26 @@ def test_write_report_files_and_summary(tmp_path: Path) -> None:
         pbt["trials"]["abc_00001"]["final"]["val_acc"]
     )
     assert sorted(summary["plots"]) == sorted(EXPECTED_FILES - {SUMMARY_FILE})
+
+
+def test_report_holds_the_variants_and_the_baselines(tmp_path: Path) -> None:
+    metrics = _ensemble_metrics(7)
+    test = json.loads(write_report(_pbt(), metrics, tmp_path)[SUMMARY_FILE].read_text())["test"]
+    assert test["variant"] == "ensemble+tta" and test["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert list(test["variants"]) == ["single", "ensemble", "ensemble+tta"]
+    assert test["variants"]["single"] == {"accuracy": 0.8705, "macro_f1": 0.86, "kappa": 0.84}
+    assert test["variants"]["ensemble"]["macro_f1"] is None  # NaN is not JSON
+    assert test["variants"]["ensemble+tta"] == pytest.approx({k: metrics[k] for k in ("accuracy", "macro_f1", "kappa")})
+    assert test["baselines"]["random_forest"] == {
+        "name": "random forest",
+        "accuracy": 0.831,
+        "macro_f1": 0.82,
+        "kappa": 0.8,
+    }
+    assert test["baselines"]["logistic_regression"] == {
+        "name": "logistic regression",
+        "skipped": "logistic regression skipped: too large",
+    }
 
 
 def test_write_report_replaces_existing_files(tmp_path: Path) -> None:
