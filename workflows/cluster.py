@@ -8,6 +8,8 @@ import time
 
 import ray
 
+from workflows.ray_logs import quiet_ray_data_logs
+
 log = logging.getLogger(__name__)
 
 # The dashboard and job API run arbitrary code for anyone who reaches them: loopback only unless asked otherwise.
@@ -69,15 +71,6 @@ def _quiet_ray_data() -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     quiet_ray_data_logs()
-
-
-def quiet_ray_data_logs() -> None:
-    """Ray Data's INFO lines ("Dataset … execution finished in …", one per pass) stay in its own log file.
-
-    Its warnings still reach the job log, except the one that says the progress bars we turned off are off.
-    """
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def cluster_cpus() -> float:

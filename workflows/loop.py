@@ -13,7 +13,6 @@ import math
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats
 from resnet import ResNet, ResNetConfig
 from resnet.preflight import check as preflight_check
 from workflows.config import TrainConfig
+from workflows.ray_logs import quiet_worker_logs
 
 log = logging.getLogger(__name__)
 
@@ -375,23 +375,6 @@ def stop_requested(stop_file: str | None, rank: int, device: torch.device) -> bo
     """Whether the caller asked the run to stop (rank 0 reads the stop file; every worker gets its answer)."""
     asked = float(rank == 0 and stop_file is not None and os.path.exists(stop_file))
     return bool(_all_reduce([asked], dist.ReduceOp.MAX, device)[0])
-
-
-def quiet_worker_logs() -> None:
-    """Keep each worker's per-epoch chatter out of the job log; warnings and errors still reach it.
-
-    Train logs every report at INFO on a logger named after its file ("Reporting training result N"), outside the
-    ``ray.train`` loggers that LoggingConfig quiets; Ray Data logs every epoch's pass; the preflight logs its success.
-    """
-    from ray.train.v2._internal.execution import context as train_context
-
-    from workflows.cluster import quiet_ray_data_logs
-
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    quiet_ray_data_logs()
-    logging.getLogger("resnet.preflight").setLevel(logging.WARNING)
-    # Ray Data hands the batches over as read-only views of Arrow buffers; nothing here writes to them.
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 
 _DTYPES = {PIXELS_COLUMN: torch.float32, LABEL_COLUMN: torch.int64}

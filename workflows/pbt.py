@@ -27,6 +27,7 @@ from data.format import PatchMetadata
 from data.pipeline import BandStats
 from workflows.config import GRAD_CLIP, LR, TrainConfig
 from workflows.launch import GRACEFUL_STOP_S, run_training, unique_run_name
+from workflows.ray_logs import quiet_member_logs
 
 log = logging.getLogger(__name__)
 
@@ -205,12 +206,6 @@ def _forward_report(
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_path))
     else:
         tune.report(metrics)
-
-
-def quiet_member_logs() -> None:
-    """Keep Tune's per-checkpoint INFO lines ("Checkpoint successfully created", "Restored on …") out of the job log."""
-    for name in ("ray.tune", "ray.train"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def read_member_logs(log_dir: str | Path) -> dict[str, list[dict[str, Any]]]:

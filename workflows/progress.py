@@ -38,22 +38,6 @@ SCALARS = {
 EXPLOIT_SCALAR = "pbt/exploit"
 
 
-class _DropTimingNotes(logging.Filter):
-    """Drops Tune's "may be a performance bottleneck" notes.
-
-    On a laptop the members share the CPUs with the driver: a result that waits half a second to be processed is
-    expected there, not a problem to act on.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "may be a performance bottleneck" not in record.getMessage()
-
-
-def quiet_tune_timing_notes() -> None:
-    """Keep Tune's timing notes out of the driver's log (its other warnings stay)."""
-    logging.getLogger("ray.tune.utils.util").addFilter(_DropTimingNotes())
-
-
 def clip_text(clip: float | None) -> str:
     """``grad_clip`` as a person reads it: ``off`` for no clipping."""
     return f"{clip:g}" if clip else "off"

@@ -51,7 +51,8 @@ from workflows.pbt import (
     read_member_logs,
     remove_train_runs,
 )
-from workflows.progress import TENSORBOARD_DIR, PopulationProgress, quiet_tune_timing_notes
+from workflows.progress import TENSORBOARD_DIR, PopulationProgress
+from workflows.ray_logs import quiet_tune_timing_notes
 from workflows.report import format_summary, write_report
 
 log = logging.getLogger(__name__)
