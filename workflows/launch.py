@@ -18,7 +18,8 @@ ships a detached cleaner actor for that case, which asks the dashboard's state A
 controller lives. Measured here, it cost one more Python process per run and 12 s of every run's shutdown (the time
 it takes to stop), and under load its thread died on a timed-out query (RpcError), after which a dead member's group
 is never removed and the member's next run waits for CPUs without end (the likely cause of a PBT test that hung in
-CI). We run without it (:class:`_TorchTrainer`) and do the job ourselves where it arises: a run
+CI). We run without it (``workflows.ray_private.TorchTrainerWithoutCleaner``) and do the job ourselves where it
+arises: a run
 given an ``owner`` (a PBT member) records its placement group in Ray's key-value store, removes it itself when the
 caller stops it, and the owner's next run removes any group a dead predecessor left behind. Runs without an owner
 (``train.py``) live as long as their driver, whose exit ends the job.
@@ -43,17 +44,18 @@ from typing import Any
 
 import ray
 import ray.train
-from ray._raylet import PlacementGroupID
-from ray.experimental import internal_kv
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
-from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 from data.format import PatchMetadata
 from data.pipeline import BandStats
 from workflows.config import TrainConfig
 from workflows.loop import PLACEMENT_GROUP_KEY, train_func_per_worker
+from workflows.ray_private import (
+    TorchTrainerWithoutCleaner,
+    forget_placement_group,
+    record_placement_group,
+    release_placement_group,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,6 @@ POLL_S = 0.05
 ACK_POLL_S = 0.01
 # Worker-group start-ups that may time out (60 s each by default) before the run fails instead of waiting on.
 CONTROLLER_RETRIES = 2
-_KV_PREFIX = "satresnet:placement-group:"
 # Ray Train settings, read from the environment of the process that calls fit() and passed on to the controller.
 TRAIN_ENV = {
     # The controller collects reports when it polls the workers, and a worker's report waits for that: Ray's 2 s
@@ -163,52 +164,6 @@ class _ForwardReports(ray.train.UserCallback):
             log.warning("the caller did not handle a report within %.0f s; continuing", HANDOFF_TIMEOUT_S)
 
 
-class _TorchTrainer(TorchTrainer):
-    """``TorchTrainer`` without Train's detached placement-group cleaner (see the module docstring)."""
-
-    def _create_default_callbacks(self) -> list[Any]:
-        callbacks = super()._create_default_callbacks()
-        return [callback for callback in callbacks if not isinstance(callback, PlacementGroupCleanerCallback)]
-
-
-def _kv_key(owner: str) -> bytes:
-    return (_KV_PREFIX + owner).encode()
-
-
-def _forget_placement_group(owner: str) -> None:
-    internal_kv._internal_kv_del(_kv_key(owner))
-
-
-def record_placement_group(owner: str, group_hex: str) -> None:
-    """Remember ``group_hex`` as the placement group of the owner's current run (cluster-wide, in Ray's KV store)."""
-    internal_kv._internal_kv_put(_kv_key(owner), group_hex.encode(), overwrite=True)
-
-
-def release_placement_group(owner: str) -> bool:
-    """Remove the placement group the owner's last run recorded, if it still exists.
-
-    Args:
-        owner: The ``owner`` the run was started with.
-
-    Returns:
-        Whether a placement group was removed.
-    """
-    recorded = internal_kv._internal_kv_get(_kv_key(owner))
-    if not recorded:
-        return False
-    group = PlacementGroup(PlacementGroupID.from_hex(recorded.decode()))
-    removed = False
-    try:
-        if placement_group_table(group).get("state") not in (None, "REMOVED"):
-            remove_placement_group(group)
-            removed = True
-            log.warning("removed placement group %s left behind by %s's previous run", recorded.decode(), owner)
-    except Exception as err:  # noqa: BLE001 - best effort: Ray removes it when the job ends at the latest
-        log.warning("could not remove placement group %s of %s: %s", recorded.decode(), owner, err)
-    _forget_placement_group(owner)
-    return removed
-
-
 # The runs this process has under way: stop file, mailbox and the thread that runs fit().
 _RUNNING: dict[Path, tuple[_Mailbox, threading.Thread]] = {}
 
@@ -224,12 +179,7 @@ def _stop_runs_at_exit() -> None:
     """
     deadline = time.monotonic() + GRACEFUL_STOP_S
     for stop_file, (mailbox, thread) in list(_RUNNING.items()):
-        with contextlib.suppress(OSError):
-            stop_file.touch()
-        while thread.is_alive() and time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                mailbox.ack_all()
-            thread.join(POLL_S)
+        _wait_until_stopped(stop_file, mailbox, thread, deadline)
 
 
 def _control_folder(storage: str, name: str) -> Path:
@@ -241,23 +191,27 @@ def _control_folder(storage: str, name: str) -> Path:
     return folder
 
 
-def _stop_gracefully(stop_file: Path, mailbox: _Mailbox, number: int, thread: threading.Thread) -> bool:
-    """Ask a run to stop after its current epoch and wait for it to end; False when it did not end in time.
+def _wait_until_stopped(stop_file: Path, mailbox: _Mailbox, thread: threading.Thread, deadline: float) -> None:
+    """Ask a run to stop after its current epoch, then acknowledge its reports unread until it ends or ``deadline``.
 
-    Reports that arrive meanwhile are acknowledged (the controller waits for that) but not passed on.
+    The controller waits for every report's acknowledgement, so a run being stopped must not wait for its caller.
     """
-    stop_file.touch()
-    deadline = time.monotonic() + GRACEFUL_STOP_S
+    with contextlib.suppress(OSError):
+        stop_file.touch()
     while thread.is_alive() and time.monotonic() < deadline:
-        if mailbox.take(number + 1) is not None:
-            number += 1
-        mailbox.ack(number)
+        with contextlib.suppress(OSError):
+            mailbox.ack_all()
         thread.join(POLL_S)
-    remaining = max(0.0, deadline - time.monotonic())
+
+
+def _stop_gracefully(stop_file: Path, mailbox: _Mailbox, thread: threading.Thread) -> bool:
+    """Ask a run to stop and wait for it to end; False when it did not end within :data:`GRACEFUL_STOP_S`."""
+    started = time.monotonic()
+    _wait_until_stopped(stop_file, mailbox, thread, started + GRACEFUL_STOP_S)
     if thread.is_alive():
         log.warning("a stopped run did not end within %.0f s; removing its workers", GRACEFUL_STOP_S)
         return False
-    log.debug("%s ended by itself %.1f s after it was asked to stop", thread.name, GRACEFUL_STOP_S - remaining)
+    log.debug("%s ended by itself %.1f s after it was asked to stop", thread.name, time.monotonic() - started)
     return True
 
 
@@ -307,7 +261,7 @@ def run_training(
         storage = str(Path(storage).resolve())
     control = _control_folder(storage, name)
     mailbox = _Mailbox(str(control))
-    trainer = _TorchTrainer(
+    trainer = TorchTrainerWithoutCleaner(
         train_func_per_worker,
         train_loop_config={
             "train": cfg.to_dict(),
@@ -381,14 +335,14 @@ def run_training(
     except BaseException:
         # Stopped by the caller (Tune ends a replaced PBT member this way): ask the run to stop and let it end; only
         # a run that does not end in time loses its placement group, while this process still lives to remove it.
-        if not _stop_gracefully(control / STOP_FILE, mailbox, number, thread) and owner is not None:
+        if not _stop_gracefully(control / STOP_FILE, mailbox, thread) and owner is not None:
             release_placement_group(owner)
         raise
     finally:
         _RUNNING.pop(control / STOP_FILE, None)
         shutil.rmtree(control, ignore_errors=True)
     if owner is not None:
-        _forget_placement_group(owner)  # the run ended and Train removed its placement group
+        forget_placement_group(owner)  # the run ended and Train removed its placement group
     if "error" in outcome:
         raise outcome["error"]
     result = outcome["result"]

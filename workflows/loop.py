@@ -27,7 +27,7 @@ from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats
 from resnet import ResNet, ResNetConfig
 from resnet.preflight import check as preflight_check
 from workflows.config import TrainConfig
-from workflows.ray_logs import quiet_worker_logs
+from workflows.ray_private import quiet_worker_logs
 
 log = logging.getLogger(__name__)
 

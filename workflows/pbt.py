@@ -21,13 +21,12 @@ from typing import Any
 
 import numpy as np
 from ray import tune
-from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
 from data.format import PatchMetadata
 from data.pipeline import BandStats
 from workflows.config import GRAD_CLIP, LR, TrainConfig
 from workflows.launch import GRACEFUL_STOP_S, run_training, unique_run_name
-from workflows.ray_logs import quiet_member_logs
+from workflows.ray_private import RecoveringPBT, quiet_member_logs
 
 log = logging.getLogger(__name__)
 
@@ -64,31 +63,6 @@ def initial_population(size: int, lr_range: tuple[float, float], unstable: bool)
             clip = None  # the seed's setting: large steps and no clipping
         members.append({LR: float(lr), GRAD_CLIP: clip})
     return members
-
-
-class RecoveringPBT(PopulationBasedTraining):
-    """Stock asynchronous PBT with two changes that matter for members that each run a ``TorchTrainer``.
-
-    1. A perturbation point never *pauses* a member just because others are pending: every pause would tear down
-       and restart a whole Train run (tens of seconds here). The member continues; concurrency is sized so that
-       members do not wait for CPUs.
-    2. A donor always has a checkpoint. Stock PBT remembers a checkpoint only for members that were in the upper
-       quantile at their *own* last perturbation point, so an exploit could find none and be skipped ("no
-       checkpoint ... Skip exploit"), leaving a diverged member running. Here a donor without one falls back to
-       its latest reported checkpoint.
-    """
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        """PBT's decision, with PAUSE turned into CONTINUE."""
-        decision = super().on_trial_result(tune_controller, trial, result)
-        return TrialScheduler.CONTINUE if decision == TrialScheduler.PAUSE else decision
-
-    def _checkpoint_or_exploit(self, trial: Any, tune_controller: Any, upper_quantile: list, lower_quantile: list):
-        for donor in upper_quantile:
-            state = self._trial_state[donor]
-            if state.last_checkpoint is None and donor.checkpoint is not None:
-                state.last_checkpoint = donor.checkpoint
-        return super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)
 
 
 def make_scheduler(

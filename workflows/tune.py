@@ -52,7 +52,7 @@ from workflows.pbt import (
     remove_train_runs,
 )
 from workflows.progress import TENSORBOARD_DIR, PopulationProgress
-from workflows.ray_logs import quiet_tune_timing_notes
+from workflows.ray_private import quiet_tune_timing_notes
 from workflows.report import format_summary, write_report
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 import ray
 from ray.util.placement_group import placement_group, placement_group_table
 
-from workflows.launch import record_placement_group, release_placement_group
+from workflows.ray_private import record_placement_group, release_placement_group
 
 
 def test_a_recorded_placement_group_is_removed_once(ray_cluster):
