@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig
 from data.format import PatchMetadata
 from data.pipeline import BandStats
 from workflows.config import TrainConfig
-from workflows.loop import PLACEMENT_GROUP_KEY, train_func_per_worker
+from workflows.loop import PLACEMENT_GROUP_KEY, STOP_NAME, command_name, train_func_per_worker
 from workflows.ray_private import (
     TorchTrainerWithoutCleaner,
     forget_placement_group,
@@ -67,7 +67,8 @@ GRACEFUL_STOP_S = 20.0
 # Next to the folder where Train keeps its runs: one folder per run for the report hand-off and the stop file, so
 # nothing is left in the system temp folder, and nothing is written into folders Train owns.
 CONTROL_DIR = ".control"
-STOP_FILE = "stop"
+# Checkpoints are ranked (for retention and the best one) by this metric.
+METRIC = "val_acc"
 POLL_S = 0.05
 ACK_POLL_S = 0.01
 # Worker-group start-ups that may time out (60 s each by default) before the run fails instead of waiting on.
@@ -220,6 +221,180 @@ def unique_run_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+# What every run needs: config, dataset metadata, band statistics, Ray datasets, storage path and run name.
+RunInputs = tuple[TrainConfig, PatchMetadata, BandStats, dict[str, Any], "str | os.PathLike", str]
+
+
+def _start_run(
+    inputs: RunInputs,
+    *,
+    resume_from: str | None = None,
+    max_failures: int = 0,
+    commanded: bool = False,
+    owner: str | None = None,
+) -> _Run:
+    """Build the run's ``TorchTrainer`` and start ``fit()`` in a thread (see :func:`run_training`)."""
+    cfg, metadata, stats, datasets, storage_path, name = inputs
+    if owner is not None:
+        release_placement_group(owner)
+    for key, value in TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
+    storage = str(storage_path)
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    control = _control_folder(storage, name)
+    mailbox = _Mailbox(str(control))
+    trainer = TorchTrainerWithoutCleaner(
+        train_func_per_worker,
+        train_loop_config={
+            "train": cfg.to_dict(),
+            "metadata": metadata.to_json(),
+            "band_stats": stats.to_dict(),
+            "resume_from": resume_from,
+            "stop_file": str(control / STOP_NAME),
+            "control": str(control) if commanded else None,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+        ),
+        datasets=datasets,
+        # Validation is never split: streaming_split(equal=True) would drop the remainder rows. Nor is training data
+        # for a single worker: a split starts a coordinator actor, one more Python process on every run start.
+        dataset_config=DataConfig(datasets_to_split=["train"] if cfg.num_workers > 1 else []),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage,
+            # Train retries a worker group that cannot get its CPUs forever by default; give up instead.
+            failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=CONTROLLER_RETRIES),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.keep_checkpoints,
+                checkpoint_score_attribute=METRIC,
+                checkpoint_score_order="max",
+            ),
+            callbacks=[_ForwardReports(mailbox)],
+            # Ray Train logs every report at INFO; our own line per epoch says it more briefly.
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    run = _Run(name=name, control=control, mailbox=mailbox, owner=owner)
+
+    def fit() -> None:
+        try:
+            run.outcome["result"] = trainer.fit()
+        except BaseException as err:  # noqa: BLE001 - re-raised in the calling thread
+            run.outcome["error"] = err
+
+    run.thread = threading.Thread(target=fit, name=f"fit-{name}", daemon=True)
+    run.thread.start()
+    _RUNNING[control / STOP_NAME] = (mailbox, run.thread)
+    return run
+
+
+@dataclass
+class _Run:
+    """A started run: its control folder, report mailbox, ``fit()`` thread and outcome."""
+
+    name: str
+    control: Path
+    mailbox: _Mailbox
+    owner: str | None
+    thread: threading.Thread | None = None
+    outcome: dict[str, Any] = field(default_factory=dict)
+    reports: int = 0
+
+    def next_report(self) -> tuple[list[dict[str, Any]], str | None] | None:
+        """Wait for the next report (every worker's metrics, checkpoint folder); None when the run ended first."""
+        while True:
+            posted = self.mailbox.take(self.reports + 1)
+            if posted is not None:
+                self.reports += 1
+                per_worker, checkpoint_path = posted
+                group = [m.pop(PLACEMENT_GROUP_KEY, None) for m in per_worker][0]
+                if group and self.owner is not None:
+                    record_placement_group(self.owner, group)
+                return per_worker, checkpoint_path
+            if not self.thread.is_alive():
+                return None
+            time.sleep(POLL_S)
+
+    def stop(self) -> None:
+        """Ask the run to stop and let it end; only a run that does not end in time loses its placement group."""
+        if not _stop_gracefully(self.control / STOP_NAME, self.mailbox, self.thread) and self.owner is not None:
+            release_placement_group(self.owner)
+
+    def close(self) -> Any:
+        """Forget the run's control folder once ``fit()`` returned; returns Train's result or raises its error."""
+        _RUNNING.pop(self.control / STOP_NAME, None)
+        shutil.rmtree(self.control, ignore_errors=True)
+        if self.owner is not None and not self.thread.is_alive():
+            forget_placement_group(self.owner)  # the run ended and Train removed its placement group
+        if "error" in self.outcome:
+            raise self.outcome["error"]
+        return self.outcome.get("result")
+
+
+class MemberRun:
+    """A long-lived Ray Train run that trains one epoch per :meth:`step` (a PBT member's, for the whole experiment).
+
+    The workers wait between epochs for the next command, written into the run's control folder: optionally load a
+    checkpoint (an exploit: the donor's model, optimizer and epoch), set the mutable hyperparameters, train one
+    epoch and report it with a checkpoint. An exploit therefore costs a checkpoint load, not a new worker group.
+
+    Args:
+        inputs: The run's starting config, the dataset's metadata, band statistics, Ray datasets ``train`` and
+            ``val``, the folder under which Ray keeps its checkpoints and a new run name (as for :func:`run_training`).
+        owner: A name that outlives this process (see :func:`run_training`).
+        max_failures: Worker-group restarts from the latest checkpoint that Ray may make after a failure.
+    """
+
+    def __init__(self, inputs: RunInputs, *, owner: str | None = None, max_failures: int = 0) -> None:
+        self.commands = 0
+        self.run = _start_run(inputs, max_failures=max_failures, commanded=True, owner=owner)
+
+    @property
+    def control(self) -> Path:
+        """The run's control folder (commands, reports, the stop file)."""
+        return self.run.control
+
+    def step(
+        self, hyper: dict[str, Any], load: str | None = None, fresh: bool = False
+    ) -> tuple[dict[str, Any], str | None]:
+        """Train one epoch with ``hyper``; returns rank 0's metrics and the epoch's checkpoint folder.
+
+        Args:
+            hyper: The mutable hyperparameters, as :class:`TrainConfig` fields.
+            load: A checkpoint folder to load first (model, optimizer, epoch).
+            fresh: Go back to the freshly seeded state (epoch 0) first.
+
+        Raises:
+            RuntimeError: The run ended (Train gave up after failures) before it reported.
+        """
+        self.commands += 1
+        path = self.control / command_name(self.commands)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps({"load": load, "hyper": hyper, "fresh": fresh}))
+        os.replace(partial, path)
+        posted = self.run.next_report()
+        if posted is None:
+            self.run.close()  # raises Train's error, if any
+            raise RuntimeError(
+                f"{self.run.name}: the training run ended before it reported epoch command {self.commands}"
+            )
+        self.run.mailbox.ack(self.run.reports)
+        per_worker, checkpoint_path = posted
+        return per_worker[0], checkpoint_path
+
+    def stop(self) -> None:
+        """End the run after its current epoch (it waits for a command, so at once) and free its workers."""
+        try:
+            self.run.stop()
+        finally:
+            with contextlib.suppress(BaseException):
+                self.run.close()
+
+
 def run_training(
     cfg: TrainConfig,
     metadata: PatchMetadata,
@@ -242,112 +417,43 @@ def run_training(
         datasets: Ray datasets ``train`` and ``val`` from :func:`data.pipeline.build_ray_datasets`.
         storage_path: Folder (or URI) under which Ray keeps this run's checkpoints.
         name: Run name; it must be new (see :func:`unique_run_name`).
-        resume_from: Checkpoint folder to start from (its model, optimizer and epoch; ``cfg``'s lr and grad_clip).
+        resume_from: Checkpoint folder to start from (its model, optimizer and epoch; ``cfg``'s mutable values).
         max_failures: Worker-group restarts from the latest checkpoint that Ray may make after a failure.
         on_report: Called in this thread with each epoch's metrics and checkpoint folder (None on epochs without
             one); the checkpoint stays on storage at least until the call returns.
-        owner: A name that outlives this process (a PBT member's trial id). The run first removes a placement
-            group an earlier run of the same owner left behind, and removes its own if ``on_report`` raises.
+        owner: A name that outlives this process. The run first removes a placement group an earlier run of the
+            same owner left behind, and removes its own if ``on_report`` raises.
 
     Returns:
         The outcome, with the best checkpoint by validation accuracy.
     """
-    if owner is not None:
-        release_placement_group(owner)
-    for key, value in TRAIN_ENV.items():
-        os.environ.setdefault(key, value)
-    storage = str(storage_path)
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
-    control = _control_folder(storage, name)
-    mailbox = _Mailbox(str(control))
-    trainer = TorchTrainerWithoutCleaner(
-        train_func_per_worker,
-        train_loop_config={
-            "train": cfg.to_dict(),
-            "metadata": metadata.to_json(),
-            "band_stats": stats.to_dict(),
-            "resume_from": resume_from,
-            "stop_file": str(control / STOP_FILE),
-        },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker},
-        ),
-        datasets=datasets,
-        # Validation is never split: streaming_split(equal=True) would drop the remainder rows. Nor is training data
-        # for a single worker: a split starts a coordinator actor, one more Python process on every run start.
-        dataset_config=DataConfig(datasets_to_split=["train"] if cfg.num_workers > 1 else []),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage,
-            # Train retries a worker group that cannot get its CPUs forever by default; give up instead.
-            failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=CONTROLLER_RETRIES),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=cfg.keep_checkpoints,
-                checkpoint_score_attribute="val_acc",
-                checkpoint_score_order="max",
-            ),
-            callbacks=[_ForwardReports(mailbox)],
-            # Ray Train logs every report at INFO; our own line per epoch says it more briefly.
-            logging_config=LoggingConfig(log_level="WARNING"),
-        ),
-    )
+    inputs = (cfg, metadata, stats, datasets, storage_path, name)
+    run = _start_run(inputs, resume_from=resume_from, max_failures=max_failures, owner=owner)
     history: list[dict[str, Any]] = []
     worker_metrics: list[list[dict[str, Any]]] = []
-    outcome: dict[str, Any] = {}
-
-    def fit() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as err:  # noqa: BLE001 - re-raised in the calling thread
-            outcome["error"] = err
-
-    thread = threading.Thread(target=fit, name=f"fit-{name}", daemon=True)
-    thread.start()
-    _RUNNING[control / STOP_FILE] = (mailbox, thread)
-    number = 0
     try:
-        while True:
-            posted = mailbox.take(number + 1)
-            if posted is None:
-                if not thread.is_alive():
-                    break
-                time.sleep(POLL_S)
-                continue
-            number += 1
+        while (posted := run.next_report()) is not None:
             per_worker, checkpoint_path = posted
             try:
-                group = [m.pop(PLACEMENT_GROUP_KEY, None) for m in per_worker][0]
-                if group and owner is not None:
-                    record_placement_group(owner, group)
                 worker_metrics.append(per_worker)
                 history.append(per_worker[0])
                 if on_report is not None:
                     on_report(per_worker[0], checkpoint_path)
             except BaseException:
-                (control / STOP_FILE).touch()  # before the ack, which lets the workers go on and read it
+                (run.control / STOP_NAME).touch()  # before the ack, which lets the workers go on and read it
                 raise
             finally:
-                mailbox.ack(number)
-        thread.join()
+                run.mailbox.ack(run.reports)
+        run.thread.join()
     except BaseException:
-        # Stopped by the caller (Tune ends a replaced PBT member this way): ask the run to stop and let it end; only
-        # a run that does not end in time loses its placement group, while this process still lives to remove it.
-        if not _stop_gracefully(control / STOP_FILE, mailbox, thread) and owner is not None:
-            release_placement_group(owner)
+        # Stopped by the caller: ask the run to stop and let it end (see the module docstring).
+        run.stop()
+        with contextlib.suppress(BaseException):
+            run.close()
         raise
-    finally:
-        _RUNNING.pop(control / STOP_FILE, None)
-        shutil.rmtree(control, ignore_errors=True)
-    if owner is not None:
-        forget_placement_group(owner)  # the run ended and Train removed its placement group
-    if "error" in outcome:
-        raise outcome["error"]
-    result = outcome["result"]
+    result = run.close()
     best_checkpoint, best_metrics = None, None
     if result.best_checkpoints:
-        checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1].get("val_acc", 0.0))
+        checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1].get(METRIC, 0.0))
         best_checkpoint = checkpoint.path
     return TrainingOutcome(result, best_checkpoint, best_metrics, history, worker_metrics)

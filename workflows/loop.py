@@ -8,6 +8,8 @@ reports the same global metrics, and rank 0 writes a checkpoint. A diverged run 
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import math
 import os
@@ -27,6 +29,7 @@ from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats
 from resnet import ResNet, ResNetConfig
 from resnet.preflight import check as preflight_check
 from workflows.config import TrainConfig
+from workflows.hyperparams import apply_to_optimizer, reported_values
 from workflows.ray_private import quiet_worker_logs
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,9 @@ PREFLIGHT_BATCH = 8
 # Added to a run's first report: the id of the workers' placement group (see workflows.launch), removed before the
 # metrics reach anyone.
 PLACEMENT_GROUP_KEY = "_placement_group"
+# A long-lived member's run waits for its next command between epochs (see next_command); rank 0 polls this often.
+COMMAND_POLL_S = 0.01
+STOP_NAME = "stop"
 
 
 def build_model(metadata: PatchMetadata, cfg: TrainConfig) -> tuple[ResNet, ResNetConfig]:
@@ -59,12 +65,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def apply_mutable(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
-    """Set the run's own learning rate on every parameter group (after optimizer state was loaded)."""
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.lr
 
 
 def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -230,9 +230,8 @@ def epoch_metrics(
         "grad_norm_max": _capped(train["norm_max"]) if train["norm_count"] else SENTINEL,
         "skipped_steps": int(train["skipped"]),
         "steps": int(train["steps"]),
-        "lr": cfg.lr,
-        "grad_clip": float(cfg.grad_clip or 0.0),
         "diverged": bool(diverged),
+        **reported_values(cfg),
     }
     # Plain Python numbers: checkpoints are read back with weights_only=True, which refuses numpy scalars.
     return {k: v if isinstance(v, (bool, int)) else float(v) for k, v in metrics.items()}
@@ -253,14 +252,79 @@ def _placement_group_hex() -> str:
     return group.id.hex() if group is not None else ""
 
 
+def _restore(model: nn.Module, optimizer: torch.optim.Optimizer, source: str) -> tuple[int, int, dict | None]:
+    """Load model and optimizer state from a checkpoint folder; returns its epoch, command number and metrics."""
+    state = load_checkpoint(source)
+    _unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"]), int(state.get("command", 0)), state.get("metrics")
+
+
+def _ray_checkpoint_source() -> Any:
+    """Ray's own latest checkpoint of this run (after a worker-group restart), as a context giving a folder."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    return checkpoint.as_directory() if checkpoint is not None else None
+
+
+def next_command(control: str | None, number: int, rank: int, device: torch.device) -> dict[str, Any]:
+    """The caller's command ``number`` for the next epoch, read by rank 0 and handed to every worker.
+
+    Without a control folder (``train.py``) every epoch simply goes on. With one (a long-lived PBT member), rank 0
+    waits for ``command-<number>.json``: ``{"load": folder or None, "hyper": {...}}`` means "optionally load this
+    checkpoint, set these hyperparameters, train one epoch"; ``"fresh": true`` first goes back to the freshly seeded
+    state (epoch 0); a ``stop`` file (or ``{"stop": true}``) ends the run.
+    """
+    if control is None:
+        return {}
+    command = wait_for_command(Path(control), number) if rank == 0 else {}
+    if _distributed():
+        box = [command]
+        dist.broadcast_object_list(box, src=0, device=device)
+        command = box[0]
+    return command
+
+
+def wait_for_command(control: Path, number: int) -> dict[str, Any]:
+    """Poll ``control`` until command ``number`` (or the stop file) appears."""
+    path = control / command_name(number)
+    while True:
+        if (control / STOP_NAME).exists():
+            return {"stop": True}
+        if path.exists():
+            return json.loads(path.read_text())
+        time.sleep(COMMAND_POLL_S)
+
+
+def command_name(number: int) -> str:
+    """File name of command ``number`` in a run's control folder."""
+    return f"command-{number:06d}.json"
+
+
+def _save_and_report(metrics: dict[str, Any], state: dict[str, Any] | None, with_checkpoint: bool, rank: int) -> None:
+    """Report one epoch to Ray Train, with a checkpoint written by rank 0 when asked."""
+    import ray.train
+
+    if not with_checkpoint:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        if rank == 0 and state is not None:
+            save_checkpoint(directory, state)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+
 def train_func_per_worker(config: dict[str, Any]) -> None:
     """Train on one Ray Train worker; every worker runs this with the same ``config``.
 
     Args:
         config: ``train`` (a :class:`TrainConfig` dict), ``metadata`` (the dataset's metadata JSON),
-            ``band_stats`` (a :class:`BandStats` dict) and optionally ``resume_from`` (a checkpoint folder to start
-            from, for example a PBT donor's) and ``stop_file`` (whose appearance ends the run after the current
-            epoch's report).
+            ``band_stats`` (a :class:`BandStats` dict), optionally ``resume_from`` (a checkpoint folder to start
+            from), ``stop_file`` (whose appearance ends the run after the current epoch's report) and ``control``
+            (a folder of commands: the run then waits for one before every epoch, see :func:`next_command`).
     """
     import ray.train
     import ray.train.torch
@@ -272,6 +336,7 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig.from_dict(config["train"])
     metadata = PatchMetadata.from_json(config["metadata"])
     stats = BandStats.from_dict(config["band_stats"])
+    control = config.get("control")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     if not cfg.use_gpu:
@@ -289,86 +354,117 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
 
     # 3. Restore: Ray's own checkpoint after a worker failure wins over the one we were started from.
-    start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    source = checkpoint.path if checkpoint is not None else config.get("resume_from")
-    if source:
-        if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
-                state = load_checkpoint(directory)
-        else:
-            state = load_checkpoint(source)
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"])
-        if rank == 0:
-            log.debug("resumed from %s at epoch %d", source, start_epoch)  # the caller's report says so
+    epoch, done_commands = 0, 0
+    ray_source = _ray_checkpoint_source()
+    if ray_source is not None:
+        with ray_source as directory:
+            epoch, done_commands, _ = _restore(model, optimizer, directory)
+    elif config.get("resume_from"):
+        epoch, _, _ = _restore(model, optimizer, config["resume_from"])
 
-    # 4. Re-apply the mutated hyperparameters: loading optimizer state brought back the donor's lr.
-    apply_mutable(optimizer, cfg)
+    # 4. Re-apply the mutated hyperparameters: loading optimizer state brought back the donor's.
+    apply_to_optimizer(optimizer, cfg)
+    # A long-lived member may be handed to a trial that starts from scratch (Tune reuses its process): keep the
+    # freshly seeded state for that.
+    fresh = (copy.deepcopy(_unwrap(model).state_dict()), copy.deepcopy(optimizer.state_dict())) if control else None
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     eval_loss_fn = nn.CrossEntropyLoss()
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     per_worker_batch = max(1, cfg.batch_size // world)
+    first = True
 
-    # 5. Loop and report.
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+    # 5. Loop and report: one epoch per command (or per pass, without a control folder).
+    while control is not None or epoch < cfg.epochs:
+        command = next_command(control, done_commands + 1, rank, device)
+        if command.get("stop"):
+            return
+        done_commands += 1
+        if command.get("fresh") and fresh is not None:
+            _unwrap(model).load_state_dict(fresh[0])
+            optimizer.load_state_dict(fresh[1])
+            epoch = 0
+        loaded_metrics = None
+        if command.get("load"):
+            epoch, _, loaded_metrics = _restore(model, optimizer, command["load"])
+        if command.get("hyper"):
+            cfg = cfg.replace(**command["hyper"])
+        apply_to_optimizer(optimizer, cfg)
         started = time.perf_counter()
-        batches = train_shard.iter_torch_batches(
-            batch_size=per_worker_batch,
-            collate_fn=RayD4Collate(seed=(cfg.seed * 1_000_003 + epoch) * 1009 + rank, augment=cfg.augment),
-            local_shuffle_buffer_size=SHUFFLE_BATCHES * per_worker_batch,
-            local_shuffle_seed=cfg.seed * 1_000_003 + epoch,
-        )
-        local = train_epoch(model, optimizer, loss_fn, batches, cfg.clip_norm, device)
-        val_batches = val_shard.iter_torch_batches(batch_size=EVAL_BATCH_SIZE, device=device, dtypes=_DTYPES)
-        # The bare module: DDP's forward would broadcast buffers, a collective the other workers do not join.
-        val_loss_sum, val_count, confusion = evaluate_shard(
-            _unwrap(model), eval_loss_fn, val_batches, metadata.num_classes, rank, world
-        )
-        summed = _all_reduce(
-            [local["loss_sum"], local["samples"], val_loss_sum, val_count, *confusion.ravel()],
-            dist.ReduceOp.SUM,
-            device,
-        )
-        maxed = _all_reduce(
-            [local["steps"], local["skipped"], local["norm_sum"], local["norm_count"], local["norm_max"]],
-            dist.ReduceOp.MAX,
-            device,
-        )
-        train_sums = dict(zip(("steps", "skipped", "norm_sum", "norm_count", "norm_max"), maxed, strict=True))
-        train_sums.update(loss_sum=summed[0], samples=summed[1])
-        confusion = summed[4:].reshape(confusion.shape)
-        metrics = epoch_metrics(epoch, train_sums, summed[2], summed[3], confusion, cfg)
-        metrics["epoch_seconds"] = time.perf_counter() - started
-        if epoch == start_epoch + 1:
-            metrics[PLACEMENT_GROUP_KEY] = _placement_group_hex()
-
-        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-            with tempfile.TemporaryDirectory() as directory:
-                if rank == 0:
-                    state = {
-                        "model": _unwrap(model).state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                        "band_stats": stats.to_dict(),
-                        "model_config": model_cfg.to_dict(),
-                        "train_config": cfg.to_dict(),
-                        "metadata": metadata.to_json(),
-                        "metrics": metrics,
-                    }
-                    save_checkpoint(directory, state)
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-                else:
-                    ray.train.report(metrics, checkpoint=None)
+        trains = epoch < cfg.epochs  # a member handed a final checkpoint only evaluates it
+        if trains:
+            epoch += 1
+            batches = train_shard.iter_torch_batches(
+                batch_size=per_worker_batch,
+                collate_fn=RayD4Collate(seed=(cfg.seed * 1_000_003 + epoch) * 1009 + rank, augment=cfg.augment),
+                local_shuffle_buffer_size=SHUFFLE_BATCHES * per_worker_batch,
+                local_shuffle_seed=cfg.seed * 1_000_003 + epoch,
+            )
+            local = train_epoch(model, optimizer, loss_fn, batches, cfg.clip_norm, device)
+            metrics = _epoch_report(model, eval_loss_fn, val_shard, metadata, local, epoch, cfg, rank, world, device)
+        elif loaded_metrics:
+            # Handed a final checkpoint (an exploit at the donor's last epoch): its epoch's report, with our settings.
+            metrics = {**loaded_metrics, **reported_values(cfg)}
         else:
-            ray.train.report(metrics, checkpoint=None)
+            raise RuntimeError(f"asked to train past the last epoch ({cfg.epochs}) without a checkpoint to report")
+        metrics["epoch_seconds"] = time.perf_counter() - started
+        if first:
+            metrics[PLACEMENT_GROUP_KEY] = _placement_group_hex()
+            first = False
+        with_checkpoint = control is not None or epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
+        state = None
+        if with_checkpoint and rank == 0:
+            state = {
+                "model": _unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "command": done_commands,
+                "band_stats": stats.to_dict(),
+                "model_config": model_cfg.to_dict(),
+                "train_config": cfg.to_dict(),
+                "metadata": metadata.to_json(),
+                "metrics": metrics,
+            }
+        _save_and_report(metrics, state, with_checkpoint, rank)
         if stop_requested(config.get("stop_file"), rank, device):
             if rank == 0:
                 log.debug("stopping after epoch %d: the caller asked", epoch)
             return
+
+
+def _epoch_report(
+    model: nn.Module,
+    eval_loss_fn: nn.Module,
+    val_shard: Any,
+    metadata: PatchMetadata,
+    local: dict[str, float],
+    epoch: int,
+    cfg: TrainConfig,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Validate, all-reduce this worker's sums with the others' and turn them into the epoch's global metrics."""
+    val_batches = val_shard.iter_torch_batches(batch_size=EVAL_BATCH_SIZE, device=device, dtypes=_DTYPES)
+    # The bare module: DDP's forward would broadcast buffers, a collective the other workers do not join.
+    val_loss_sum, val_count, confusion = evaluate_shard(
+        _unwrap(model), eval_loss_fn, val_batches, metadata.num_classes, rank, world
+    )
+    summed = _all_reduce(
+        [local["loss_sum"], local["samples"], val_loss_sum, val_count, *confusion.ravel()],
+        dist.ReduceOp.SUM,
+        device,
+    )
+    maxed = _all_reduce(
+        [local["steps"], local["skipped"], local["norm_sum"], local["norm_count"], local["norm_max"]],
+        dist.ReduceOp.MAX,
+        device,
+    )
+    train_sums = dict(zip(("steps", "skipped", "norm_sum", "norm_count", "norm_max"), maxed, strict=True))
+    train_sums.update(loss_sum=summed[0], samples=summed[1])
+    confusion = summed[4:].reshape(confusion.shape)
+    return epoch_metrics(epoch, train_sums, summed[2], summed[3], confusion, cfg)
 
 
 def stop_requested(stop_file: str | None, rank: int, device: torch.device) -> bool:

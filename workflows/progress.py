@@ -17,7 +17,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from workflows.config import GRAD_CLIP, LR
+from workflows.hyperparams import NAMES, change_text, settings_text
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +32,9 @@ SCALARS = {
     "grad_norm_max": "train/grad_norm_max",
     "skipped_steps": "health/skipped_steps",
     "diverged": "health/diverged",
-    LR: f"hyperparameters/{LR}",
-    GRAD_CLIP: f"hyperparameters/{GRAD_CLIP}",
+    **{name: f"hyperparameters/{name}" for name in NAMES},
 }
 EXPLOIT_SCALAR = "pbt/exploit"
-
-
-def clip_text(clip: float | None) -> str:
-    """``grad_clip`` as a person reads it: ``off`` for no clipping."""
-    return f"{clip:g}" if clip else "off"
 
 
 def report_line(metrics: dict[str, Any], epochs: int, who: str = "") -> str:
@@ -50,7 +44,7 @@ def report_line(metrics: dict[str, Any], epochs: int, who: str = "") -> str:
     return (
         f"{prefix}epoch {metrics['epoch']:>3}/{epochs}  train_loss {metrics['train_loss']:.4f}  "
         f"val_loss {metrics['val_loss']:.4f}  val_acc {metrics['val_acc']:.4f}  "
-        f"{LR} {metrics[LR]:.3g}  {GRAD_CLIP} {clip_text(metrics[GRAD_CLIP])}  "
+        f"{settings_text(metrics)}  "
         f"grad_norm {metrics['grad_norm_mean']:.3g}  skipped {metrics['skipped_steps']}/{metrics['steps']}  "
         f"{metrics['epoch_seconds']:.1f}s{flag}"
     )
@@ -58,10 +52,7 @@ def report_line(metrics: dict[str, Any], epochs: int, who: str = "") -> str:
 
 def exploit_line(who: str, donor: str, donor_epoch: int, old: dict[str, Any], new: dict[str, Any]) -> str:
     """One line for one exploit: who was replaced by whose checkpoint, and the settings before and after."""
-    return (
-        f"{who}  EXPLOIT  continues {donor}'s epoch-{donor_epoch} checkpoint; "
-        f"{LR} {old[LR]:.3g} -> {new[LR]:.3g}, {GRAD_CLIP} {clip_text(old[GRAD_CLIP])} -> {clip_text(new[GRAD_CLIP])}"
-    )
+    return f"{who}  EXPLOIT  continues {donor}'s epoch-{donor_epoch} checkpoint; {change_text(old, new)}"
 
 
 class EpochCurves:
@@ -157,12 +148,12 @@ class PopulationProgress(Callback):
                 curves[trial_id] = EpochCurves(self.tensorboard_dir / who.replace(" ", "-"))
             donor = result.get("exploited_from")
             if donor:
-                before = last.get(trial_id, {LR: float("nan"), GRAD_CLIP: None})
+                before = last.get(trial_id, dict.fromkeys(NAMES))
                 line = exploit_line(who, member_name(donor), int(result.get("restored_epoch", 0)), before, result)
                 print(line, flush=True)
                 curves[trial_id].mark_exploit(int(result["epoch"]), line)
             print(report_line(result, self.epochs, who), flush=True)
             curves[trial_id].add(result)
-            last[trial_id] = {LR: result[LR], GRAD_CLIP: result[GRAD_CLIP]}
+            last[trial_id] = {name: result[name] for name in NAMES}
         for writer in curves.values():
             writer.close()

@@ -21,8 +21,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from data.atomic import write_file_atomic
-from workflows.config import GRAD_CLIP, LR
 from workflows.evaluate import shown_variant
+from workflows.hyperparams import MUTABLES
 
 SUMMARY_FILE = "report.json"
 VAL_ACC_PLOT = "val_acc.png"
@@ -76,22 +76,21 @@ def format_summary(pbt: dict[str, Any]) -> str:
         pbt: The PBT run's record, as for :func:`write_report`.
 
     Returns:
-        The table, without a trailing newline; ``grad_clip`` 0 shows as ``off``.
+        The table, without a trailing newline; a hyperparameter that is off (``grad_clip`` 0) shows as ``off``.
     """
     metric = pbt.get("metric", "val_acc")
     best = pbt.get("best_trial", "")
     width = max([len("trial"), *(len(trial_id) for trial_id in pbt["trials"])])
-    header = (
-        f"  {'trial':<{width}}  {'init lr':>9}  {'init clip':>9}  {'final lr':>9}  {'final clip':>10}"
-        f"  {'exploits':>8}  {'final ' + metric:>13}  diverged at end"
-    )
+    columns = [(f"{when} {m.name}", m, key) for m in MUTABLES for when, key in (("init", "initial_config"),)]
+    columns += [(f"final {m.name}", m, "final_config") for m in MUTABLES]
+    header = f"  {'trial':<{width}}" + "".join(f"  {title:>{max(9, len(title))}}" for title, _, _ in columns)
+    header += f"  {'exploits':>8}  {'final ' + metric:>13}  diverged at end"
     lines = [header]
     for trial_id, trial in pbt["trials"].items():
-        initial, final_config, final = trial["initial_config"], trial["final_config"], trial.get("final", {})
+        final = trial.get("final", {})
+        values = "".join(f"  {m.text(trial[key].get(m.name)):>{max(9, len(title))}}" for title, m, key in columns)
         lines.append(
-            f"{'*' if trial_id == best else ' '} {trial_id:<{width}}"
-            f"  {initial[LR]:>9.2e}  {_clip_text(initial[GRAD_CLIP]):>9}"
-            f"  {final_config[LR]:>9.2e}  {_clip_text(final_config[GRAD_CLIP]):>10}"
+            f"{'*' if trial_id == best else ' '} {trial_id:<{width}}{values}"
             f"  {len(trial.get('exploits', [])):>8d}  {_metric_text(final.get(metric)):>13}"
             f"  {'yes' if final.get('diverged') else 'no'}"
         )
@@ -197,37 +196,37 @@ def _plot_val_acc(pbt: dict[str, Any], colours: dict[str, Any]) -> Figure:
 
 
 def _plot_hyperparameters(pbt: dict[str, Any], colours: dict[str, Any]) -> Figure:
-    """``lr`` (log) and ``grad_clip`` per trial over its reports, exploits drawn as dotted lines."""
-    fig, (ax_lr, ax_clip) = plt.subplots(2, 1, figsize=(11, 7), sharex=True, layout="constrained")
-    clips = [entry[GRAD_CLIP] for trial in pbt["trials"].values() for entry in trial.get("history", [])]
-    positive = sorted({clip for clip in clips if clip and clip > 0})
-    off = positive[0] / 2 if positive else 1.0  # where "clipping off" sits: one step below the smallest norm
-    any_off = any(not clip for clip in clips) or not positive
-    for trial_id, trial in pbt["trials"].items():
-        history = trial.get("history", [])
-        x = np.arange(1, len(history) + 1)
-        colour = colours[trial_id]
-        ax_lr.plot(x, [entry[LR] for entry in history], color=colour, marker="o", ms=3, label=trial_id)
-        ax_clip.plot(x, [entry[GRAD_CLIP] or off for entry in history], color=colour, marker="o", ms=3)
-        for exploit in trial.get("exploits", []):
-            for ax in (ax_lr, ax_clip):
-                ax.axvline(exploit["report_index"] + 1, color=colour, ls=":", lw=1.2)
-    ax_lr.set_yscale("log")
-    ax_lr.set_ylabel(LR)
-    ax_lr.set_title(f"{LR} and {GRAD_CLIP} per PBT member (dotted lines: exploits, in the member's colour)")
-    ax_clip.set_yscale("log")
-    ticks = [off, *positive] if any_off else positive
-    ax_clip.set_yticks(ticks, [*(["off"] if any_off else []), *(f"{clip:g}" for clip in positive)])
-    ax_clip.minorticks_off()
-    ax_clip.set_ylim(min(ticks) / 1.5, max(ticks) * 1.5)
-    ax_clip.set_ylabel(GRAD_CLIP)
-    if any_off:
-        note = f"{GRAD_CLIP} 0 = clipping off (drawn at the bottom)"
-        ax_clip.text(0.01, 0.03, note, transform=ax_clip.transAxes, fontsize=8)
-    _report_axis(ax_clip, pbt)
-    for ax in (ax_lr, ax_clip):
+    """Each mutable hyperparameter per trial over its reports (one panel each), exploits drawn as dotted lines."""
+    fig, axes = plt.subplots(len(MUTABLES), 1, figsize=(11, 3.5 * len(MUTABLES)), sharex=True, layout="constrained")
+    axes = np.atleast_1d(axes)
+    for ax, mutable in zip(axes, MUTABLES, strict=True):
+        values = [entry.get(mutable.name) for trial in pbt["trials"].values() for entry in trial.get("history", [])]
+        positive = sorted({v for v in values if v and v > 0})
+        # Where "off" sits on a log axis: one step below the smallest value.
+        off = positive[0] / 2 if positive else 1.0
+        any_off = mutable.off and (any(not v for v in values) or not positive)
+        for trial_id, trial in pbt["trials"].items():
+            history = trial.get("history", [])
+            x = np.arange(1, len(history) + 1)
+            y = [(entry.get(mutable.name) or off) if mutable.off else entry.get(mutable.name) for entry in history]
+            ax.plot(x, y, color=colours[trial_id], marker="o", ms=3, label=trial_id)
+            for exploit in trial.get("exploits", []):
+                ax.axvline(exploit["report_index"] + 1, color=colours[trial_id], ls=":", lw=1.2)
+        if mutable.log_scale:
+            ax.set_yscale("log")
+        if mutable.off and positive and len(positive) <= 12:  # a few choices: label each, and "off"
+            ticks = [off, *positive] if any_off else positive
+            ax.set_yticks(ticks, [*(["off"] if any_off else []), *(f"{v:g}" for v in positive)])
+            ax.minorticks_off()
+            ax.set_ylim(min(ticks) / 1.5, max(ticks) * 1.5)
+        if any_off:
+            ax.text(0.01, 0.03, f"{mutable.name} 0 = off (drawn at the bottom)", transform=ax.transAxes, fontsize=8)
+        ax.set_ylabel(mutable.name)
         ax.grid(alpha=0.3)
-    ax_lr.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    names = " and ".join(m.name for m in MUTABLES)
+    axes[0].set_title(f"{names} per PBT member (dotted lines: exploits, in the member's colour)")
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    _report_axis(axes[-1], pbt)
     return fig
 
 
@@ -316,8 +315,3 @@ def _metric_text(value: Any) -> str:
     """A metric for the table: four decimals, or ``-`` where missing or not finite."""
     value = _finite_or_none(value)
     return "-" if value is None else f"{value:.4f}"
-
-
-def _clip_text(clip: float | None) -> str:
-    """A clipping norm for the table; 0 or ``None`` is ``off``."""
-    return f"{clip:g}" if clip else "off"

@@ -32,7 +32,7 @@ from data.pipeline import build_ray_datasets, compute_band_stats
 from workflows.baselines import format_test_summary, run_baselines
 from workflows.bundle import export_bundle
 from workflows.cluster import cluster_cpus, cluster_gpus, connect
-from workflows.config import AUGMENTATIONS, GRAD_CLIP, LR, OPTIMIZERS, TrainConfig, reject_uri
+from workflows.config import AUGMENTATIONS, OPTIMIZERS, TrainConfig, reject_uri
 from workflows.evaluate import (
     TEST_METRICS_FILE,
     VARIANT_METRICS,
@@ -41,18 +41,18 @@ from workflows.evaluate import (
     write_json_atomic,
 )
 from workflows.flags import non_negative_float, positive_float, positive_int, unit_fraction
+from workflows.hyperparams import INITIAL_LR_RANGE, MUTABLES, NAMES, PopulationOptions, initial_population
 from workflows.pbt import (
-    INITIAL_LR_RANGE,
+    MEMBER_KEY,
     METRIC,
     MODE,
-    initial_population,
+    PBTMember,
     make_scheduler,
-    pbt_member,
     read_member_logs,
     remove_train_runs,
 )
 from workflows.progress import TENSORBOARD_DIR, PopulationProgress
-from workflows.ray_private import quiet_tune_timing_notes
+from workflows.ray_private import PopulationSearch, quiet_tune_timing_notes
 from workflows.report import format_summary, write_report
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--perturbation-interval",
         type=positive_int,
         default=TUNE_DEFAULTS.perturbation_interval,
-        help="epochs between exploit/explore steps; members checkpoint on the same cadence",
+        help="epochs between exploit/explore steps (a diverged or stuck member is replaced at once); members "
+        "checkpoint every epoch",
     )
     pbt.add_argument(
         "--initial-lr-range",
@@ -208,8 +209,8 @@ def _results_folder(args: argparse.Namespace) -> Path:
 
 def build_pbt_record(member_logs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, best_trial: str) -> dict:
     """The per-member record of ``pbt.json``: configs over time, exploits (donor and epoch), final metrics."""
-    keep = ("epoch", LR, GRAD_CLIP, "val_acc", "val_loss", "val_macro_f1", "train_loss", "diverged")
-    keep += ("exploited_from", "restored_epoch", "skipped_steps", "grad_norm_mean")
+    keep = ("epoch", *NAMES, "val_acc", "val_loss", "val_macro_f1", "train_loss", "diverged")
+    keep += ("exploited_from", "restored_epoch", "skipped_steps", "grad_norm_mean", "train_run", "reported_at")
     trials: dict[str, Any] = {}
     for trial_id, rows in member_logs.items():
         if not rows:
@@ -220,15 +221,14 @@ def build_pbt_record(member_logs: dict[str, list[dict[str, Any]]], args: argpars
                 "report_index": i,
                 "donor": row["exploited_from"],
                 "donor_epoch": int(row["restored_epoch"]),
-                LR: row[LR],
-                GRAD_CLIP: row[GRAD_CLIP],
+                **{name: row[name] for name in NAMES},
             }
             for i, row in enumerate(history)
             if row.get("exploited_from")
         ]
         trials[trial_id] = {
-            "initial_config": {LR: history[0][LR], GRAD_CLIP: history[0][GRAD_CLIP]},
-            "final_config": {LR: history[-1][LR], GRAD_CLIP: history[-1][GRAD_CLIP]},
+            "initial_config": {name: history[0][name] for name in NAMES},
+            "final_config": {name: history[-1][name] for name in NAMES},
             "history": history,
             "exploits": exploits,
             "final": {k: history[-1][k] for k in ("epoch", "val_acc", "val_loss", "diverged")},
@@ -274,6 +274,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.gpu and cluster_gpus() < args.workers_per_trial:
         raise ValueError(f"--gpu needs {args.workers_per_trial} GPUs per member; the cluster has {cluster_gpus():.0f}")
     share, concurrent = size_members(cluster_cpus(), args.population, args.workers_per_trial, args.cpus_per_worker)
+    if args.gpu:  # members are sized by GPUs: each worker holds one for the whole experiment
+        concurrent = max(1, min(args.population, int(cluster_gpus() // args.workers_per_trial)))
     base = TrainConfig(
         optimizer=args.optimizer,
         batch_size=args.batch_size,
@@ -286,9 +288,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         num_workers=args.workers_per_trial,
         cpus_per_worker=share,
         use_gpu=args.gpu,
-        checkpoint_every=args.perturbation_interval,
-        # Members keep every checkpoint until Tune has copied it; the run folders are removed at the end.
-        keep_checkpoints=max(2, args.epochs // args.perturbation_interval + 1),
+        # A member reports a checkpoint every epoch (about 1 MB here), so that a member in trouble can be replaced
+        # by the best member's latest state at once; Train keeps the latest two, Tune copies what it needs.
+        checkpoint_every=1,
+        keep_checkpoints=2,
     )
     results.mkdir(parents=True, exist_ok=True)
     if not args.resume:
@@ -307,7 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     member_logs.mkdir(parents=True, exist_ok=True)
     trainable = tune.with_resources(
         tune.with_parameters(
-            pbt_member,
+            PBTMember,
             base=base.to_dict(),
             metadata_json=dataset.metadata.to_json(),
             stats=stats.to_dict(),
@@ -321,29 +324,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume:
         tuner = tune.Tuner.restore(str(results / TUNE_DIR), trainable=trainable, resume_errored=True)
     else:
-        members = initial_population(args.population, tuple(args.initial_lr_range), unstable=not args.stable_start)
-        scheduler = make_scheduler(args.perturbation_interval, args.seed, args.metric, args.mode)
+        options = PopulationOptions(unstable=not args.stable_start, lr_range=tuple(args.initial_lr_range), base=base)
+        members = initial_population(args.population, options)
+        scheduler = make_scheduler(
+            args.perturbation_interval, args.seed, dataset.metadata.num_classes, args.metric, args.mode
+        )
         tuner = tune.Tuner(
             trainable,
             param_space={
-                "member": tune.grid_search(list(range(args.population))),
-                LR: tune.sample_from(lambda config: members[config["member"]][LR]),
-                GRAD_CLIP: tune.sample_from(lambda config: members[config["member"]][GRAD_CLIP]),
+                MEMBER_KEY: tune.grid_search(list(range(args.population))),
+                **{name: tune.sample_from(lambda config, n=name: members[config[MEMBER_KEY]][n]) for name in NAMES},
             },
             tune_config=tune.TuneConfig(
+                # The population's grid; finished only when every member has ended, so Tune keeps members' processes.
+                search_alg=PopulationSearch(max_concurrent=concurrent),
                 scheduler=scheduler,
-                max_concurrent_trials=concurrent,
-                # An exploited member keeps its process: Tune restarts the function in it (no new Python process and
-                # imports, 3-6 s less per exploit measured). The member's old TorchTrainer stops when its function
-                # does: run_training frees its placement group when Tune's stop reaches it (workflows/launch.py).
+                # A member keeps its process, and its TorchTrainer, across exploits (workflows/pbt.py).
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=TUNE_DIR,
                 storage_path=str(results),
-                # Keep every member checkpoint: with a limit, Tune deleted a donor's checkpoint between PBT's
-                # exploit decision and the clone's restart, and the clone failed to restore.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+                checkpoint_config=tune.CheckpointConfig(
+                    checkpoint_frequency=1,
+                    checkpoint_at_end=True,
+                    # Per member. A donor's checkpoint must outlive the exploit decision until the clone has loaded
+                    # it (a limit of one interval deleted it once, with members restarting for ~20 s): two
+                    # intervals of epochs is 10 MB per member here.
+                    num_to_keep=2 * args.perturbation_interval + 2,
+                ),
                 failure_config=tune.FailureConfig(max_failures=1),
                 # Tune's boxed tables (a box per report) drown the story; PopulationProgress prints a line instead.
                 verbose=0,
@@ -376,7 +385,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         checkpoint_dirs = [stack.enter_context(r.checkpoint.as_directory()) for r in chosen]
         metrics = evaluate_members(checkpoint_dirs, dataset.test)
-        metrics.update(best_trial=best_trial, best_config={LR: best.config[LR], GRAD_CLIP: best.config[GRAD_CLIP]})
+        metrics.update(best_trial=best_trial, best_config={name: best.config[name] for name in NAMES})
         metrics.update(members=members, baselines=run_baselines(dataset), wall_seconds=elapsed)
         write_json_atomic(results / TEST_METRICS_FILE, metrics)
         summary = {key: metrics[key] for key in (*VARIANT_METRICS, "variant", "variants")}
@@ -396,7 +405,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     exploits = sum(len(t["exploits"]) for t in record["trials"].values())
     print(format_summary(record))
     print(f"members diverged at the end: {diverged} of {len(record['trials'])}; exploits: {exploits}")
-    print(f"best member {best_trial} (lr {best.config[LR]:.3g}, grad_clip {best.config[GRAD_CLIP]})")
+    print(f"best member {best_trial} ({', '.join(f'{m.name} {m.text(best.config[m.name])}' for m in MUTABLES)})")
     print(f"ensemble: {len(chosen)} healthy member(s) at the end ({', '.join(ranked)})")
     print(format_test_summary(metrics))
     print(f"wall time {elapsed:.0f} s")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# Members report every 2 epochs and an epoch takes about half a second: enough epochs after the interrupt at epoch 4
+# Members checkpoint every epoch and an epoch takes about half a second: enough epochs after the interrupt at epoch 4
 # that the experiment cannot finish before Tune acts on it (with 8, it once did, and exited 0 as a finished run).
 EPOCHS = 24
 
@@ -30,8 +30,8 @@ def test_interrupted_experiment_resumes_from_member_checkpoints(tmp_path):
         )  # fmt: skip
     deadline = time.monotonic() + 480
     while time.monotonic() < deadline and first.poll() is None:
-        # Both members have reported their second checkpoint (epoch 4): interrupt, as Ctrl+C would.
-        if len(list((results / "tune").glob("pbt_member_*/checkpoint_000001"))) >= 2:
+        # Both members have handed Tune their fourth checkpoint (epoch 4): interrupt, as Ctrl+C would.
+        if len(list((results / "tune").glob("PBTMember_*/checkpoint_000003"))) >= 2:
             os.kill(first.pid, signal.SIGINT)
             break
         time.sleep(0.25)
