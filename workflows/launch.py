@@ -52,6 +52,7 @@ from workflows.config import TrainConfig
 from workflows.loop import PLACEMENT_GROUP_KEY, STOP_NAME, command_name, train_func_per_worker
 from workflows.ray_private import (
     TorchTrainerWithoutCleaner,
+    apply_train_settings,
     forget_placement_group,
     record_placement_group,
     release_placement_group,
@@ -73,18 +74,6 @@ POLL_S = 0.05
 ACK_POLL_S = 0.01
 # Worker-group start-ups that may time out (60 s each by default) before the run fails instead of waiting on.
 CONTROLLER_RETRIES = 2
-# Ray Train settings, read from the environment of the process that calls fit() and passed on to the controller.
-TRAIN_ENV = {
-    # The controller collects reports when it polls the workers, and a worker's report waits for that: Ray's 2 s
-    # default made every epoch of a small model last 2 s (measured: 0.5 s of work, reports exactly 2.0 s apart).
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-    # A worker group may wait for CPUs a replaced PBT member is still giving back; 60 s each try by default.
-    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
-    # One actor process less per run: the watcher reports node drains (spot preemption), which a laptop never has.
-    # Set it to 1 on clusters of preemptible nodes.
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-}
-
 OnReport = Callable[[dict[str, Any], str | None], None]
 
 
@@ -237,8 +226,7 @@ def _start_run(
     cfg, metadata, stats, datasets, storage_path, name = inputs
     if owner is not None:
         release_placement_group(owner)
-    for key, value in TRAIN_ENV.items():
-        os.environ.setdefault(key, value)
+    apply_train_settings()
     storage = str(storage_path)
     if "://" not in storage:
         storage = str(Path(storage).resolve())

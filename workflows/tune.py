@@ -17,7 +17,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -52,7 +51,7 @@ from workflows.pbt import (
     remove_train_runs,
 )
 from workflows.progress import TENSORBOARD_DIR, PopulationProgress
-from workflows.ray_private import PopulationSearch, quiet_tune_timing_notes
+from workflows.ray_private import PopulationSearch, apply_tune_settings, quiet_tune_timing_notes
 from workflows.report import format_summary, write_report
 
 log = logging.getLogger(__name__)
@@ -69,8 +68,6 @@ REPORT_DIR = "report"
 MIN_CPUS_PER_WORKER = 0.25
 # The Tune function only waits on its TorchTrainer; it must still ask for some CPU (zero is refused).
 TRIAL_FUNCTION_CPUS = 0.01
-# Seconds Tune waits for a stopped member to end before killing its process.
-MEMBER_STOP_TIMEOUT_S = 60
 
 
 class ExperimentInterrupted(RuntimeError):
@@ -359,10 +356,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 callbacks=[progress],
             ),
         )
-    # Tune waits this long for a stopped member's process to end before it kills it (600 s by default).
-    os.environ.setdefault("TUNE_FORCE_TRIAL_CLEANUP_S", str(MEMBER_STOP_TIMEOUT_S))
-    # Tune's newer console output prints its boxed experiment table even at verbose=0; the older one is silent there.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    apply_tune_settings()
     quiet_tune_timing_notes()
     started = time.perf_counter()
     grid = tuner.fit()
