@@ -356,9 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     figures = exploit_figures(record)
     gaps = figures["gaps"]
-    median_gap = float(np.median(gaps)) if gaps else float("nan")
+    median_gap = f"{float(np.median(gaps)):.2f} s" if gaps else "-"
     print(
-        f"exploits: {len(gaps)}; gap between a member's reports around an exploit: median {median_gap:.2f} s "
+        f"exploits: {len(gaps)}; gap between a member's reports around an exploit: median {median_gap} "
         f"(all: {', '.join(f'{g:.2f}' for g in sorted(gaps))})"
     )
     print(

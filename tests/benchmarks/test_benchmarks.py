@@ -44,6 +44,10 @@ def test_pbt_vs_plain_quick_prints_wall_times_and_ratio():
     assert re.search(r"^best member test accuracy\s+0\.\d+\s+0\.\d+$", out, re.M)
     assert re.search(r"^members diverged at the end\s+\d+\s+\d+$", out, re.M)
     assert re.search(rf"ratio Ray / plain wall time: {NUMBER}x", out)
+    assert re.search(r"^exploits: \d+; gap between a member's reports around an exploit: median ", out, re.M)
+    runs = re.search(r"^Train runs \(worker groups\) started: (\d+) for (\d+) members", out, re.M)
+    assert runs is not None, out[-3000:]
+    assert runs.group(1) == runs.group(2), "an exploit started a new Train run"
 
 
 @pytest.mark.slow
