@@ -34,3 +34,13 @@ def test_the_population_search_stays_open_until_every_member_ended():
     assert not search.is_finished()
     search.on_trial_complete("b")
     assert search.is_finished()
+
+
+def test_a_member_in_trouble_is_diverged_or_near_chance_after_its_first_interval():
+    from workflows.pbt import make_scheduler
+
+    scheduler = make_scheduler(perturbation_interval=5, seed=0, num_classes=7)
+    assert scheduler._in_trouble({"epoch": 1, "val_acc": 0.9, "diverged": True})
+    assert not scheduler._in_trouble({"epoch": 4, "val_acc": 0.15, "diverged": False}), "too early to call it stuck"
+    assert scheduler._in_trouble({"epoch": 5, "val_acc": 0.15, "diverged": False})
+    assert not scheduler._in_trouble({"epoch": 5, "val_acc": 0.6, "diverged": False})
