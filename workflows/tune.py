@@ -32,6 +32,7 @@ from workflows.baselines import format_test_summary, run_baselines
 from workflows.bundle import export_bundle
 from workflows.cluster import cluster_cpus, cluster_gpus, connect
 from workflows.config import AUGMENTATIONS, OPTIMIZERS, TrainConfig, reject_uri
+from workflows.config_file import add_config_flags, parse_args, write_config
 from workflows.evaluate import (
     TEST_METRICS_FILE,
     VARIANT_METRICS,
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 DEFAULTS = TrainConfig()
 EXPERIMENT_FILE = "experiment.json"
+CONFIG_FILE = "config.yaml"
 PBT_FILE = "pbt.json"
 TUNE_DIR = "tune"
 TRAIN_RUNS_DIR = "train_runs"
@@ -154,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     ray_group.add_argument("--gpu", action="store_true", help="one GPU per worker")
     ray_group.add_argument("--address", default=None, help="Ray cluster (default: running cluster or new local)")
     ray_group.add_argument("--num-cpus", type=positive_int, default=None, help="CPUs of a new local cluster")
+    add_config_flags(parser)
     return parser
 
 
@@ -297,6 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.resume:
         body = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         write_json_atomic(results / EXPERIMENT_FILE, body)
+        write_config(results / CONFIG_FILE, build_parser(), args)  # the experiment as a file --config takes
     print(
         f"PBT: {args.population} members x {args.epochs} epochs, perturbation every {args.perturbation_interval}, "
         f"{concurrent} at a time, {args.workers_per_trial} worker(s) x {share:g} CPU each; "
@@ -419,8 +423,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
     try:
+        args = parse_args(build_parser(), argv)
         run(args)
     except (PatchFormatError, ValueError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

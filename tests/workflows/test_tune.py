@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from workflows.config import GRAD_CLIP, LR
+from workflows.config_file import parse_args
 from workflows.hyperparams import CLIP_CHOICES
 from workflows.tune import build_parser, run, size_members
 
@@ -88,6 +89,9 @@ def test_experiment_writes_metrics_bundle_and_report(experiment):
     assert list((results / "report").glob("*.png"))
     assert pbt["best_trial"] in pbt["trials"]
     assert not (results / "train_runs").exists()
+    # The experiment as a file another run can take: --config results/config.yaml.
+    kept = parse_args(build_parser(), ["--config", str(results / "config.yaml")])
+    assert (kept.population, kept.epochs, kept.channels) == (2, 6, 16)
 
 
 def test_bad_flags_give_one_line_errors(tmp_path):
