@@ -46,7 +46,8 @@ from data.format import PatchDataset, PatchFormatError, read_dataset  # noqa: E4
 from workflows import tune as tune_job  # noqa: E402
 from workflows.config import TrainConfig  # noqa: E402
 from workflows.evaluate import evaluate_checkpoint  # noqa: E402
-from workflows.pbt import CLIP_CHOICES, INITIAL_LR_RANGE  # noqa: E402
+from workflows.hyperparams import CLIP_CHOICES, INITIAL_LR_RANGE  # noqa: E402
+from workflows.pbt import TRIAL_FOLDER_GLOB  # noqa: E402
 
 # A member whose final test accuracy is below this multiple of chance failed to learn.
 FAILED_FACTOR = 2.0
@@ -70,7 +71,7 @@ def random_members(count: int, lr_range: tuple[float, float], epochs: int, seed:
 def final_checkpoints(tune_dir: Path) -> dict[str, Path]:
     """Each trial's last checkpoint folder in the job's Tune folder, by trial folder name."""
     found = {}
-    for trial in sorted(tune_dir.glob("pbt_member_*")):
+    for trial in sorted(tune_dir.glob(TRIAL_FOLDER_GLOB)):
         checkpoints = sorted(trial.glob("checkpoint_*"))
         if checkpoints:
             found[trial.name] = checkpoints[-1]

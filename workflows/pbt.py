@@ -174,3 +174,7 @@ def read_member_logs(log_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
 def remove_train_runs(storage_path: str | Path) -> None:
     """Delete the members' own Train run folders (Tune keeps copies of the checkpoints it needs)."""
     shutil.rmtree(storage_path, ignore_errors=True)
+
+
+# Tune names each member's folder in the experiment's tune/ folder after the trainable class.
+TRIAL_FOLDER_GLOB = f"{PBTMember.__name__}_*"

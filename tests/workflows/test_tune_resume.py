@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from workflows.pbt import TRIAL_FOLDER_GLOB
+
 REPO = Path(__file__).resolve().parents[2]
 # Members checkpoint every epoch and an epoch takes about half a second: enough epochs after the interrupt at epoch 4
 # that the experiment cannot finish before Tune acts on it (with 8, it once did, and exited 0 as a finished run).
@@ -31,7 +33,7 @@ def test_interrupted_experiment_resumes_from_member_checkpoints(tmp_path):
     deadline = time.monotonic() + 480
     while time.monotonic() < deadline and first.poll() is None:
         # Both members have handed Tune their fourth checkpoint (epoch 4): interrupt, as Ctrl+C would.
-        if len(list((results / "tune").glob("PBTMember_*/checkpoint_000003"))) >= 2:
+        if len(list((results / "tune").glob(f"{TRIAL_FOLDER_GLOB}/checkpoint_000003"))) >= 2:
             os.kill(first.pid, signal.SIGINT)
             break
         time.sleep(0.25)
