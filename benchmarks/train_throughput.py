@@ -33,14 +33,14 @@ import torch
 from torch import nn
 
 from data import DEFAULT_DATASET_DIR
-from data.format import PatchDataset, open_dataset, read_dataset, write_dataset
+from data.format import PatchDataset, read_dataset
 from data.pipeline import (
     LABEL_COLUMN,
     PIXELS_COLUMN,
     BandStats,
     D4Collate,
-    band_stats,
     build_ray_datasets,
+    compute_band_stats,
     normalise,
 )
 from data.synthetic import generate
@@ -142,7 +142,7 @@ def ray_training(
         stats: Band statistics of the training split.
         cfg: The run's settings, including ``num_workers`` and ``cpus_per_worker``.
         storage: Folder for the run's checkpoints.
-        datasets: Ray datasets from :func:`data.pipeline.build_ray_datasets`.
+        datasets: Materialised Ray datasets from :func:`data.pipeline.build_ray_datasets`.
 
     Returns:
         The median reported ``epoch_seconds`` without epoch 1, and the wall time of the whole run (start-up of the
@@ -162,36 +162,30 @@ def start_ray(cpus: int = CPUS) -> None:
     connect("local", cpus)
 
 
-def load(size: str, quick: bool, storage: Path) -> tuple[str, PatchDataset, Path]:
-    """The default dataset (``small``) or generated patches (``large``), its folder, and a label for the table.
-
-    Generated patches are written under ``storage``: the Ray side reads them from Parquet, as ``train.py`` does.
-    """
+def load(size: str, quick: bool) -> tuple[str, PatchDataset]:
+    """The default dataset (``small``) or generated patches (``large``), with a label for the table."""
     if size == "small":
         dataset = read_dataset(DEFAULT_DATASET_DIR)
-        return f"{len(dataset.train)} (default)", dataset, DEFAULT_DATASET_DIR
+        return f"{len(dataset.train)} (default)", dataset
     counts = QUICK_LARGE_COUNTS if quick else LARGE_COUNTS
     started = time.perf_counter()
     dataset = generate(counts, seed=SYNTHETIC_SEED)
-    folder = storage / "synthetic"
-    write_dataset(folder, dataset)
-    print(f"generated and wrote {counts} in {time.perf_counter() - started:.0f} s", flush=True)
-    return f"{len(dataset.train)} (synthetic)", dataset, folder
+    print(f"generated {counts} in {time.perf_counter() - started:.0f} s", flush=True)
+    return f"{len(dataset.train)} (synthetic)", dataset
 
 
 def throughput(quick: bool, storage: Path) -> list[dict[str, Any]]:
     """Measure plain and both Ray layouts at both sizes; prints progress, returns one row per size."""
     rows = []
     for size in ("small", "large"):
-        label, dataset, folder = load(size, quick, storage)
+        label, dataset = load(size, quick)
         epochs = (QUICK_EPOCHS if quick else FULL_EPOCHS)[size]
         cfg = TrainConfig(epochs=epochs)
-        source = open_dataset(folder)
-        stats = band_stats(source)
+        stats = compute_band_stats(dataset.train.pixels)
         row: dict[str, Any] = {"size": label, "epochs": epochs}
         row["plain"] = plain_training(dataset, stats, cfg)
         print(f"{label}: plain {_epochs(row['plain'])}", flush=True)
-        datasets = build_ray_datasets(source, stats)
+        datasets = build_ray_datasets(dataset, stats)
         for name, workers, cpus in LAYOUTS:
             run_cfg = cfg.replace(num_workers=workers, cpus_per_worker=cpus)
             row[name] = ray_training(dataset, stats, run_cfg, storage, datasets)
@@ -228,9 +222,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def accuracy(quick: bool, storage: Path) -> list[float]:
     """Test accuracy of the best checkpoint of ``TrainConfig()`` runs (2 workers) for each of the seeds."""
     dataset = read_dataset(DEFAULT_DATASET_DIR)
-    source = open_dataset(DEFAULT_DATASET_DIR)
-    stats = band_stats(source)
-    datasets = build_ray_datasets(source, stats)
+    stats = compute_band_stats(dataset.train.pixels)
+    datasets = build_ray_datasets(dataset, stats)
     scores = []
     for seed in ACCURACY_SEEDS:
         cfg = TrainConfig(seed=seed)

@@ -1,8 +1,7 @@
 """Classic baselines fitted and scored on the ResNet's splits: a random forest on pixels, logistic regression on means.
 
 The random forest sees all raw pixels, the logistic regression the per-band patch means; each is skipped, with a
-one-line note, where its training split is too large to fit in about a minute. A dataset on disk is read a batch at
-a time and only each baseline's features are kept, never the whole pixel array. The main job and ``train.py`` report
+one-line note, where its training split is too large to fit in about a minute. The main job and ``train.py`` report
 them beside the ResNet's test metrics, so every run says how far the network beats what a classic model gets from
 the same data; ``benchmarks/baselines.py`` reuses the features and models.
 """
@@ -11,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from data.format import DatasetSource, PatchDataset, PatchSplit, iter_split, metadata_shape
+from data.format import PatchDataset
 from workflows.evaluate import (
     VARIANT_METRICS,
     classification_metrics,
@@ -92,42 +91,24 @@ BASELINES = (
 )
 
 
-def _batches(data: DatasetSource | PatchDataset, name: str) -> Iterable[PatchSplit]:
-    """A split in batches: the whole split when it is in memory, else read from disk a batch at a time."""
-    return [data.splits[name]] if isinstance(data, PatchDataset) else iter_split(data, name)
-
-
-def _features(data: DatasetSource | PatchDataset, name: str, features: Features) -> tuple[np.ndarray, np.ndarray]:
-    """A split's features (N, F) and labels (N,), computed batch by batch."""
-    parts = [(features(batch.pixels), batch.labels) for batch in _batches(data, name)]
-    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
-
-
-def score(data: DatasetSource | PatchDataset, model: Any, features: Features) -> dict[str, Any]:
+def score(dataset: PatchDataset, model: Any, features: Features) -> dict[str, Any]:
     """Fit a scikit-learn model on the training split's features and return its test metrics."""
-    model.fit(*_features(data, "train", features))
-    test_x, test_y = _features(data, "test", features)
-    return classification_metrics(test_y, model.predict(test_x), list(data.metadata.classes))
+    model.fit(features(dataset.train.pixels), dataset.train.labels)
+    predicted = model.predict(features(dataset.test.pixels))
+    return classification_metrics(dataset.test.labels, predicted, list(dataset.metadata.classes))
 
 
-def run_baselines(
-    data: DatasetSource | PatchDataset, baselines: tuple[Baseline, ...] = BASELINES
-) -> dict[str, dict[str, Any]]:
+def run_baselines(dataset: PatchDataset, baselines: tuple[Baseline, ...] = BASELINES) -> dict[str, dict[str, Any]]:
     """Fit every baseline on the training split and score it on the test split, or skip it when the split is too large.
-
-    Args:
-        data: The dataset, in memory or (from :func:`data.format.open_dataset`) on disk.
-        baselines: The models to fit.
 
     Returns:
         By baseline key: ``name`` and either ``accuracy``, ``macro_f1``, ``kappa`` and ``seconds``, or ``skipped``
         (a one-line note saying why).
     """
-    patches = len(data.train) if isinstance(data, PatchDataset) else data.rows("train")
-    one_patch = np.zeros((1, *metadata_shape(data.metadata)), dtype=np.float32)
     results = {}
     for baseline in baselines:
-        features = baseline.features(one_patch).shape[1]
+        patches = len(dataset.train)
+        features = baseline.features(dataset.train.pixels[:1]).shape[1]
         if patches * features > baseline.max_cells:
             note = (
                 f"{baseline.name} skipped: the training split has {patches:,} patches x {features:,} features, "
@@ -137,7 +118,7 @@ def run_baselines(
             results[baseline.key] = {"name": baseline.name, "skipped": note}
             continue
         started = time.perf_counter()
-        metrics = score(data, baseline.build(), baseline.features)
+        metrics = score(dataset, baseline.build(), baseline.features)
         results[baseline.key] = {
             "name": baseline.name,
             **{key: metrics[key] for key in VARIANT_METRICS},

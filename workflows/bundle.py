@@ -32,7 +32,7 @@ from data.format import PatchFormatError, PatchMetadata
 from data.messages import brief_list, one_line, torch_load_failure
 from data.pipeline import BandStats
 from resnet import ResNet, ResNetConfig
-from workflows.inference import NO_TTA, ensemble_probabilities, tta_views
+from workflows.evaluate import NO_TTA, ensemble_probabilities, read_members, tta_views
 
 WEIGHTS_FILE = "weights.pt"  # the best member's weights; the only weights file of a version-1 bundle
 INFO_FILE = "bundle.json"
@@ -163,9 +163,6 @@ def export_bundle(
     members = [{}] * len(dirs) if members is None else list(members)
     if len(members) != len(dirs):
         raise BundleError(f"{len(members)} member records for {len(dirs)} checkpoints; pass one per checkpoint")
-    # Imported here: model actors load bundles, and the checkpoint reader brings the training loop and Ray Train.
-    from workflows.evaluate import read_members
-
     bundle_dir = Path(bundle_dir)
     owned = bundle_files(bundle_dir, len(dirs))
     check_replaceable(bundle_dir, owned, "bundle", overwrite=overwrite)

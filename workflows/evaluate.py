@@ -2,9 +2,7 @@
 
 An ensemble averages its members' softmax probabilities; test-time augmentation (TTA) averages them over the views of
 the augmentation group the members were trained with (``train_config["augment"]``; D4, all 8 flips/rotations, when
-a checkpoint does not say). :func:`evaluate_members` streams the test rows through Ray Data model actors
-(:func:`workflows.inference.score_members`) and computes every metric from summed confusion counts, so the driver
-holds no test pixels.
+a checkpoint does not say).
 """
 
 from __future__ import annotations
@@ -13,36 +11,23 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray
-import ray.data
+import torch
 
 from data.atomic import write_file_atomic
-from data.format import PatchMetadata, PatchSplit, to_table
-from data.pipeline import DEFAULT_AUGMENTATION, BandStats
-from workflows.cluster import cluster_cpus, cluster_gpus, connect
-from workflows.inference import (
-    DEFAULT_RESOURCES,
-    NO_TTA,
-    PREDICT_BATCH_SIZE,
-    ActorResources,
-    Variant,
-    model_from_state,
-    predict_probabilities,
-    score_members,
-    tta_views,
-)
+from data.format import PatchMetadata, PatchSplit
+from data.pipeline import DEFAULT_AUGMENTATION, BandStats, augmentation_elements, d4_transform, normalise
+from resnet import ResNet, ResNetConfig
 from workflows.loop import load_checkpoint
-from workflows.patch_stream import BlockCheck, input_error
-from workflows.predictions import confusion_counts
 
 TEST_METRICS_FILE = "test_metrics.json"
-# What messages about the rows of an in-memory test split (or a Ray dataset of it) call it.
-TEST_SPLIT = "test split"
+PREDICT_BATCH_SIZE = 1024
+# The identity element of d4_transform alone: prediction without test-time augmentation.
+NO_TTA = np.zeros(1, dtype=np.int64)
 # How a trained population predicts: its best member alone or all its members, each without or with TTA.
 SINGLE, ENSEMBLE, TTA_SUFFIX = "single", "ensemble", "+tta"
 # The figures kept of each variant beside the shipped one's full metrics.
@@ -59,6 +44,68 @@ def variant_name(ensemble: bool, tta: bool) -> str:
 def shown_variant(name: str) -> str:
     """A variant's key as the summaries print it (``ensemble+TTA``)."""
     return name.replace(TTA_SUFFIX, TTA_SUFFIX.upper())
+
+
+def tta_views(train_config: Mapping[str, Any] | None, metadata: PatchMetadata) -> tuple[str, np.ndarray]:
+    """The augmentation group a model was trained with and its elements, the views test-time augmentation averages.
+
+    Raises:
+        ValueError: The training config names an unknown group.
+    """
+    name = (train_config or {}).get("augment", DEFAULT_AUGMENTATION)
+    return name, augmentation_elements(name, square=metadata.height == metadata.width)
+
+
+def model_from_state(state: dict[str, Any]) -> ResNet:
+    """Rebuild the network of a checkpoint or bundle state, in eval mode."""
+    model = ResNet(ResNetConfig.from_dict(state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def _normalised_batches(pixels: np.ndarray, stats: BandStats) -> Iterator[np.ndarray]:
+    """Normalised batches of at most ``PREDICT_BATCH_SIZE`` patches, (B, C, H, W) each."""
+    for start in range(0, len(pixels), PREDICT_BATCH_SIZE):
+        yield normalise(pixels[start : start + PREDICT_BATCH_SIZE], stats)
+
+
+@torch.no_grad()
+def _batch_views(models: Sequence[ResNet], batch: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """Probabilities of every model on every view of one normalised batch, shape (M, V, B, K)."""
+    out = np.empty((len(models), len(views), len(batch), models[0].config.num_classes), dtype=np.float32)
+    for model in models:
+        model.eval()
+    for v, element in enumerate(views):
+        # Normalisation is per band, so moving the normalised patches equals normalising the moved ones.
+        moved = torch.from_numpy(np.ascontiguousarray(d4_transform(batch, np.full(len(batch), element))))
+        for m, model in enumerate(models):
+            out[m, v] = torch.softmax(model(moved), dim=1).numpy()
+    return out
+
+
+def member_view_probabilities(
+    models: Sequence[ResNet], pixels: np.ndarray, stats: BandStats, views: np.ndarray
+) -> np.ndarray:
+    """Class probabilities of each model on each view, shape (M, V, N, K), for raw pixels (N, C, H, W).
+
+    View ``v`` applies the D4 element ``views[v]`` (see :func:`data.pipeline.d4_transform`) to every patch.
+    """
+    parts = [_batch_views(models, batch, views) for batch in _normalised_batches(pixels, stats)]
+    empty = (len(models), len(views), 0, models[0].config.num_classes)
+    return np.concatenate(parts, axis=2) if parts else np.zeros(empty, dtype=np.float32)
+
+
+def ensemble_probabilities(
+    models: Sequence[ResNet], pixels: np.ndarray, stats: BandStats, views: np.ndarray = NO_TTA
+) -> np.ndarray:
+    """Class probabilities, shape (N, K), for raw pixels (N, C, H, W): the mean over the models and the views."""
+    parts = [_batch_views(models, batch, views).mean(axis=(0, 1)) for batch in _normalised_batches(pixels, stats)]
+    return np.concatenate(parts) if parts else np.zeros((0, models[0].config.num_classes), dtype=np.float32)
+
+
+def predict_probabilities(model: ResNet, pixels: np.ndarray, stats: BandStats) -> np.ndarray:
+    """Class probabilities, shape (N, K), of one model for raw pixels (N, C, H, W), normalised with ``stats``."""
+    return ensemble_probabilities([model], pixels, stats)
 
 
 def rank_members(final: Mapping[str, Mapping[str, Any]], metric: str, mode: str) -> list[str]:
@@ -125,34 +172,21 @@ def _check_split(split: PatchSplit, metadata: PatchMetadata) -> None:
 
 def classification_metrics(truth: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Accuracy, macro-F1, Cohen's kappa, per-class precision/recall/F1 and the confusion matrix."""
-    return metrics_from_confusion(confusion_counts(truth, predicted, len(class_names)), class_names)
-
-
-def metrics_from_confusion(confusion: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
-    """:func:`classification_metrics` of the rows a confusion matrix counts, from the counts alone.
-
-    scikit-learn computes them on the K x K (truth, prediction) pairs weighted by their counts, which gives the same
-    figures as on the rows themselves: every sum it forms is of whole numbers, exact in floating point.
-
-    Args:
-        confusion: Counts (K, K), rows the true class, columns the predicted one.
-        class_names: The K class names, in index order.
-    """
-    # Imported here: scikit-learn is needed only once the counts are in.
-    from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, precision_recall_fscore_support
-
-    counts = np.asarray(confusion, dtype=np.int64)
-    labels = np.arange(len(class_names))
-    truth, predicted = np.repeat(labels, len(labels)), np.tile(labels, len(labels))
-    weights = counts.reshape(-1).astype(np.float64)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        truth, predicted, labels=labels, sample_weight=weights, zero_division=0
+    # Imported here: prediction actors load this module for predict_probabilities and need no scikit-learn.
+    from sklearn.metrics import (
+        accuracy_score,
+        cohen_kappa_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
     )
-    macro_f1 = f1_score(truth, predicted, labels=labels, average="macro", sample_weight=weights, zero_division=0)
+
+    labels = np.arange(len(class_names))
+    precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=labels, zero_division=0)
     return {
-        "accuracy": float(accuracy_score(truth, predicted, sample_weight=weights)),
-        "macro_f1": float(macro_f1),
-        "kappa": float(cohen_kappa_score(truth, predicted, labels=labels, sample_weight=weights)),
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "macro_f1": float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)),
+        "kappa": float(cohen_kappa_score(truth, predicted, labels=labels)),
         "per_class": {
             name: {
                 "precision": float(precision[i]),
@@ -162,25 +196,9 @@ def metrics_from_confusion(confusion: np.ndarray, class_names: Sequence[str]) ->
             }
             for i, name in enumerate(class_names)
         },
-        "confusion_matrix": counts.tolist(),
+        "confusion_matrix": confusion_matrix(truth, predicted, labels=labels).tolist(),
         "class_names": list(class_names),
     }
-
-
-def prediction_variants(members: int, views: int, elements: int) -> list[Variant]:
-    """How a population of ``members`` predicts, each variant a mean over members and views, the shipped one last.
-
-    ``single`` is the first member on the identity view (view 0), ``ensemble`` all members on it (only with two or
-    more), and ``ensemble+tta`` (``single+tta`` with one member) all members on the last ``views`` of ``elements``
-    views (the TTA group, which holds the identity).
-    """
-    plain, tta = slice(0, 1), slice(elements - views, elements)
-    ensemble = members > 1
-    variants = [Variant(variant_name(False, False), slice(0, 1), plain)]
-    if ensemble:
-        variants.append(Variant(variant_name(True, False), slice(0, members), plain))
-    variants.append(Variant(variant_name(ensemble, True), slice(0, members), tta))
-    return variants
 
 
 def evaluate_checkpoint(checkpoint_dir: str | os.PathLike, split: PatchSplit) -> dict[str, Any]:
@@ -199,57 +217,36 @@ def evaluate_checkpoint(checkpoint_dir: str | os.PathLike, split: PatchSplit) ->
     return metrics
 
 
-def evaluate_members(
-    checkpoint_dirs: Sequence[str | os.PathLike],
-    split: PatchSplit | ray.data.Dataset,
-    *,
-    concurrency: int | None = None,
-    resources: ActorResources = DEFAULT_RESOURCES,
-) -> dict[str, Any]:
-    """Evaluate an ensemble's checkpoints (the best member first) on a labelled split, streamed through Ray Data.
+def evaluate_members(checkpoint_dirs: Sequence[str | os.PathLike], split: PatchSplit) -> dict[str, Any]:
+    """Evaluate an ensemble's checkpoints (the best member first) on a labelled split, in this process.
 
     Every member predicts every TTA view once; the variants are averages of those probabilities: ``single`` (the
     first member, identity view), ``ensemble`` (all members, identity view; only with two or more) and
     ``ensemble+tta`` (all members, all views; ``single+tta`` with one member). The top-level metrics are those of
-    the last, the shipped default; ``variants`` holds accuracy, macro-F1 and kappa of each. Model actors compute
-    each batch's confusion counts; the driver sums them and holds no pixels.
-
-    Args:
-        checkpoint_dirs: The members' checkpoint folders, best first.
-        split: A Ray dataset of raw format rows (``patch_id``, ``pixels`` as the flat band-major float32 list the
-            Parquet files store, ``label`` class names), or an in-memory split (sent to Ray as such a dataset).
-        concurrency: Model actors (default: as many as the cluster holds at once, at most one per batch).
-        resources: What each actor holds.
+    the last, the shipped default; ``variants`` holds accuracy, macro-F1 and kappa of each.
 
     Raises:
-        ValueError: A checkpoint is unreadable, the members disagree, or the split does not match them (a
-            :class:`data.format.PatchFormatError` naming the row's patch id, for a dataset).
+        ValueError: A checkpoint is unreadable, the members disagree, or the split does not match them.
     """
     started = time.perf_counter()
     states = read_members(checkpoint_dirs)
     metadata = PatchMetadata.from_json(states[0]["metadata"])
+    _check_split(split, metadata)
     augment, views = tta_views(states[0].get("train_config"), metadata)
     # The identity view leads; it is computed once when the group holds it (every group here does).
     elements = views if views[0] == NO_TTA[0] else np.concatenate([NO_TTA, views])
-    if not ray.is_initialized():
-        connect()
-    rows, limit = split, math.inf
-    if isinstance(split, PatchSplit):
-        _check_split(split, metadata)
-        table = to_table(split, metadata)
-        # Blocks cut where in-process batches were cut (PREDICT_BATCH_SIZE): the same forward passes, the same figures.
-        blocks = [table.slice(start, PREDICT_BATCH_SIZE) for start in range(0, len(table), PREDICT_BATCH_SIZE)]
-        rows, limit = ray.data.from_arrow(blocks), len(blocks)
-    pool = concurrency or min(resources.pool_size(cluster_cpus(), cluster_gpus()), limit)
-    check = BlockCheck(TEST_SPLIT, metadata, labelled=True)
-    variants = prediction_variants(len(states), len(views), len(elements))
-    try:
-        counts = score_members(rows, check, states, elements, variants, concurrency=pool, resources=resources)
-    except Exception as err:  # noqa: BLE001 - only the rows' own problems are turned into one line
-        raise input_error(err, TEST_SPLIT) from None
+    models = [model_from_state(state) for state in states]
+    stats = BandStats.from_dict(states[0]["band_stats"])
+    probabilities = member_view_probabilities(models, split.pixels, stats, elements)  # (M, V, N, K)
+    plain, tta = probabilities[:, 0], probabilities[:, len(elements) - len(views) :]
+    ensemble = len(models) > 1
+    candidates = {variant_name(False, False): plain[0]}
+    if ensemble:
+        candidates[variant_name(True, False)] = plain.mean(axis=0)
+    candidates[variant_name(ensemble, True)] = tta.mean(axis=(0, 1))
     classes = list(metadata.classes)
-    scored = {v.name: metrics_from_confusion(c, classes) for v, c in zip(variants, counts, strict=True)}
-    default = variants[-1].name
+    scored = {name: classification_metrics(split.labels, p.argmax(axis=1), classes) for name, p in candidates.items()}
+    default = variant_name(ensemble, True)
     metrics = dict(scored[default])
     metrics.update(
         variant=default,

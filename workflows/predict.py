@@ -3,75 +3,103 @@
 Example:
     python workflows/predict.py --model results/bundle --input data/default --split test --output preds.parquet
 
-The patches stream from ``ray.data.read_parquet`` through a pool of model actors to Parquet written by Ray's write
-tasks; the driver never holds pixels or predictions. The output has one row per patch, in input order:
-``patch_id``, ``predicted_label`` and one ``prob_<class>`` column per class of the model. It is one Parquet file,
-or for large inputs a folder of part files (see ``--layout``) that appears only once complete. When the input has
-labels, accuracy and macro-F1 are printed too (from confusion counts summed per write task).
+The output Parquet file has one row per patch, in input order: ``patch_id``, ``predicted_label`` and one
+``prob_<class>`` column per class of the model. When the input has labels, accuracy and macro-F1 are printed too.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
+import torch
 
-from data.atomic import check_creatable, write_file_atomic, write_folder_atomic
-from data.format import DATASET_FILES, PARQUET_SUFFIX, SPLITS, PatchFormatError
-from data.messages import brief_list, one_line
-from workflows.bundle import Bundle, BundleError, check_compatible, load_bundle
-from workflows.cluster import cluster_cpus, cluster_gpus, connect
-from workflows.evaluate import metrics_from_confusion
-from workflows.flags import non_negative_float, positive_float, positive_int
-from workflows.inference import BLOCK_ROWS, PREDICT_BATCH_SIZE, ActorResources, write_predictions
-from workflows.patch_stream import PatchSource, input_error, open_source
-from workflows.predictions import OUTPUT_METADATA_KEY, PART_FILE_PATTERN, PartWritten, join_parts
+from data.atomic import check_creatable
+from data.format import (
+    DATASET_FILES,
+    PARQUET_SUFFIX,
+    PATCH_ID,
+    PIXELS,
+    SPLITS,
+    PatchFormatError,
+    PatchMetadata,
+    PatchSplit,
+    read_dataset,
+    read_split,
+    write_table_atomic,
+)
+from data.messages import one_line
+from workflows.bundle import BundleError, check_compatible, load_bundle
+from workflows.cluster import cluster_cpus, connect
+from workflows.evaluate import PREDICT_BATCH_SIZE, classification_metrics
+from workflows.flags import positive_int
 
-# --layout: one Parquet file, a folder of part files, or the one that suits the number of patches.
-AUTO, FILE, FOLDER = "auto", "file", "folder"
-LAYOUTS = (AUTO, FILE, FOLDER)
-# Patches up to which --layout auto writes one file (about 50 bytes a patch here: 5 MB), joined from the part files
-# by one Ray task at the end; past it, a folder keeps the part files as they are.
-SINGLE_FILE_ROWS = 100_000
-# Progress shows each tenth of the patches: the write tasks' part files hold a tenth each, at most PART_FILE_ROWS.
+PREDICTED_LABEL = "predicted_label"
+PROBABILITY_PREFIX = "prob_"
+OUTPUT_METADATA_KEY = "predictions"
+# Rows per Ray Data block: small enough to spread over the actors and show progress, large enough to keep the
+# per-block overhead (a task hand-over, a progress line) far below the forward passes it carries.
+BLOCK_ROWS = 4096
+# A progress line each time another tenth of the patches is done.
 PROGRESS_STEPS = 10
-PART_FILE_ROWS = 50_000
+
+
+def probability_column(class_name: str) -> str:
+    """Name of the output column holding the probability of one class."""
+    return f"{PROBABILITY_PREFIX}{class_name}"
+
+
+class Predictor:
+    """Ray Data callable class: each actor loads the bundle once, then classifies batches of raw pixels.
+
+    Args:
+        bundle_dir: The model bundle folder.
+        threads: Torch intra-op threads of this actor (one per CPU it holds).
+        ensemble: Average all the bundle's members (False: the best alone); None: the bundle's default.
+        tta: Average over its test-time augmentation views (False: none); None: the bundle's default.
+    """
+
+    def __init__(
+        self, bundle_dir: str, threads: int = 1, ensemble: bool | None = None, tta: bool | None = None
+    ) -> None:
+        torch.set_num_threads(threads)
+        self.bundle = load_bundle(bundle_dir)
+        self.ensemble, self.tta = ensemble, tta
+        self.classes = np.asarray(self.bundle.metadata.classes, dtype=object)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Patch ids, predicted class names and class probabilities of one batch."""
+        pixels = np.asarray(batch[PIXELS], dtype=np.float32)  # (B, C, H, W), raw values
+        probabilities = self.bundle.predict_probabilities(pixels, ensemble=self.ensemble, tta=self.tta)  # (B, K)
+        out = {PATCH_ID: batch[PATCH_ID], PREDICTED_LABEL: self.classes[probabilities.argmax(axis=1)]}
+        for k, name in enumerate(self.bundle.metadata.classes):
+            out[probability_column(name)] = probabilities[:, k]
+        return out
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags of the prediction script."""
     parser = argparse.ArgumentParser(
         description="Classify patches with an exported model bundle using Ray Data (one model load per actor). "
-        "Writes Parquet of patch_id, predicted_label and prob_<class> columns, in input order; prints accuracy and "
-        "macro-F1 when the input has labels.",
+        "Writes a Parquet file of patch_id, predicted_label and prob_<class> columns; prints accuracy and macro-F1 "
+        "when the input has labels.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model", type=Path, required=True, help="model bundle folder (bundle.json, weights*.pt)")
     parser.add_argument("--input", type=Path, required=True, help="a Parquet file of patches or a dataset folder")
     parser.add_argument("--split", choices=SPLITS, default="test", help="split to classify when --input is a folder")
-    parser.add_argument("--output", type=Path, required=True, help="Parquet file (or folder, see --layout) to write")
-    parser.add_argument(
-        "--layout",
-        choices=LAYOUTS,
-        default=AUTO,
-        help=f"file: one Parquet file; folder: a folder of part files part-00000.parquet, part-00001.parquet, ... "
-        f"(a tenth of the patches each, at most {PART_FILE_ROWS:,}, in input order; pyarrow and pandas read the "
-        f"folder as one table); auto: one file up to {SINGLE_FILE_ROWS:,} patches, else a folder. Either appears "
-        "under its name only once complete",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file or folder")
+    parser.add_argument("--output", type=Path, required=True, help="Parquet file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--batch-size", type=positive_int, default=PREDICT_BATCH_SIZE, help="patches per forward pass")
     parser.add_argument(
         "--ensemble",
@@ -87,22 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the bundle's mode)",
     )
     parser.add_argument(
-        "--concurrency",
-        type=positive_int,
-        default=None,
-        help="model actors (default: as many as the cluster's CPUs, or GPUs with --gpus-per-actor, hold at once)",
-    )
-    parser.add_argument(
-        "--cpus-per-actor",
-        type=positive_float,
-        default=ActorResources.cpus,
-        help="CPUs each model actor holds; it runs that many torch threads",
-    )
-    parser.add_argument(
-        "--gpus-per-actor",
-        type=non_negative_float,
-        default=ActorResources.gpus,
-        help="GPUs each model actor holds (a fraction shares one); above 0 the models run on CUDA",
+        "--concurrency", type=positive_int, default=None, help="model actors (default: one per cluster CPU)"
     )
     parser.add_argument("--address", default=None, help="Ray cluster address ('local' starts a private one)")
     parser.add_argument(
@@ -111,48 +124,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def choose_layout(layout: str, rows: int) -> str:
-    """The layout of an output of ``rows`` patches: ``file`` or ``folder`` (``auto`` decides by size)."""
-    if layout != AUTO:
-        return layout
-    return FILE if rows <= SINGLE_FILE_ROWS else FOLDER
+def read_input(path: Path, split: str) -> tuple[PatchSplit, PatchMetadata]:
+    """The patches to classify: a Parquet file as it is, or one split of a dataset folder (labels optional).
+
+    Raises:
+        PatchFormatError: The input is missing or not in the patch format.
+    """
+    if path.is_dir():
+        split_file = path / f"{split}.parquet"
+        if split_file.is_file():
+            return read_split(split_file, require_labels=False)
+        dataset = read_dataset(path)  # a single unsplit file, carved into splits
+        return dataset.splits[split], dataset.metadata
+    return read_split(path, require_labels=False)
 
 
-def prediction_files(folder: Path) -> set[str]:
-    """The part files a predictions folder holds: what writing predictions over it may replace."""
-    present = [entry.name for entry in folder.iterdir()] if folder.is_dir() else []
-    return set(filter(PART_FILE_PATTERN.fullmatch, present))
-
-
-def check_output(path: Path, overwrite: bool, layout: str = AUTO) -> None:
-    """Refuse an output that exists (unless ``overwrite``), is not ours to replace, or cannot be written.
-
-    A folder is ours when it holds nothing but part files; it can only be replaced by a folder. Before the input
-    is read the layout may still be ``auto``.
+def check_output(path: Path, overwrite: bool) -> None:
+    """Refuse an output path that exists (unless ``overwrite``), is a folder, or whose folder cannot be written.
 
     Raises:
         FileExistsError: The output exists and may not be replaced.
         OutputLocationError: A part of the output's folder is a file, or it is not writable.
     """
-    if path.is_dir() and not path.is_symlink():
-        foreign = sorted(e.name for e in path.iterdir() if not (e.is_file() and PART_FILE_PATTERN.fullmatch(e.name)))
-        if foreign:
-            raise FileExistsError(
-                f"{path}: is a folder holding {brief_list(foreign)}, not a folder of predictions; choose another "
-                "--output"
-            )
-        if layout == FILE:
-            raise FileExistsError(
-                f"{path}: is a folder of predictions and --layout {FILE} writes one file; pass --layout {FOLDER} or "
-                "choose another --output"
-            )
+    if path.is_dir():
+        raise FileExistsError(f"{path}: is a folder; --output must name a Parquet file")
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise FileExistsError(f"{path}: already exists; pass --overwrite or choose another --output")
-    check_creatable(path, "--output", folder=layout == FOLDER)
+    check_creatable(path, "--output")
 
 
 def check_not_a_source(output: Path, input_path: Path, bundle_dir: Path) -> None:
-    """Refuse an output that is the input, holds it, is a file of the input dataset folder, or is in the bundle.
+    """Refuse an output that is the input, a file of the input dataset folder, or inside the model bundle.
 
     Paths are compared resolved (symbolic links followed) and, where both exist, with ``os.path.samefile`` (hard
     links), so no spelling of the path lets the predictions replace what they are computed from.
@@ -160,9 +162,9 @@ def check_not_a_source(output: Path, input_path: Path, bundle_dir: Path) -> None
     Raises:
         FileExistsError: One line naming what the output would replace.
     """
-    if _inside(output, bundle_dir) or _inside(bundle_dir, output):
+    if _inside(output, bundle_dir):
         raise FileExistsError(
-            f"--output {output}: is inside the --model bundle folder {bundle_dir}, or holds it; choose another --output"
+            f"--output {output}: is inside the --model bundle folder {bundle_dir}; choose another --output"
         )
     if input_path.is_dir():
         if _inside(output, input_path) and output.name.endswith(PARQUET_SUFFIX):
@@ -174,10 +176,10 @@ def check_not_a_source(output: Path, input_path: Path, bundle_dir: Path) -> None
     else:
         sources = [input_path]
     for source in sources:
-        if _same_file(output, source) or _inside(source, output):
+        if _same_file(output, source):
             raise FileExistsError(
-                f"--output {output}: is the input file {source}, or holds it; predictions must not replace the "
-                "patches, choose another --output"
+                f"--output {output}: is the input file {source}; predictions must not replace the patches, choose "
+                "another --output"
             )
 
 
@@ -197,81 +199,94 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.resolve() == folder or folder in path.resolve().parents
 
 
-def write_output(args: argparse.Namespace, source: PatchSource, layout: str, **inference: Any) -> list[PartWritten]:
-    """Run the inference into a temporary folder and publish it: renamed as the folder, or joined into the one file.
+def input_table(split: PatchSplit) -> pa.Table:
+    """Patch ids and raw pixels as an Arrow table with a tensor column, shape (N, C, H, W)."""
+    from ray.data.extensions import ArrowTensorArray
 
-    Raises:
-        RuntimeError: Ray Data wrote another number of rows than the input holds.
+    return pa.table(
+        {
+            PATCH_ID: pa.array(split.patch_ids.tolist(), type=pa.string()),
+            PIXELS: ArrowTensorArray.from_numpy(split.pixels),
+        }
+    )
+
+
+def run_inference(
+    split: PatchSplit,
+    bundle_dir: Path,
+    batch_size: int,
+    concurrency: int,
+    ensemble: bool | None = None,
+    tta: bool | None = None,
+) -> pa.Table:
+    """Classify a split on the connected Ray cluster with a pool of :class:`Predictor` actors; rows in input order.
+
+    ``ensemble`` and ``tta`` choose the prediction mode as in :meth:`workflows.bundle.Bundle.predict_probabilities`.
     """
-    rows_per_part = min(PART_FILE_ROWS, math.ceil(source.rows / PROGRESS_STEPS))
-    if layout == FOLDER:
-        owned = prediction_files(args.output)
-        with write_folder_atomic(args.output, owned, "predictions", overwrite=args.overwrite) as tmp:
-            parts = write_predictions(source, folder=tmp, rows_per_file=rows_per_part, **inference)
-            _check_rows(parts, source)
-        return parts
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{args.output.name}.", suffix=".tmp", dir=args.output.parent) as tmp:
-        parts = write_predictions(source, folder=Path(tmp), rows_per_file=rows_per_part, **inference)
-        _check_rows(parts, source)
-        joined = join_parts(Path(tmp), parts)
-        check_output(args.output, args.overwrite, layout)  # nobody wrote it meanwhile
-        write_file_atomic(args.output, functools.partial(_copy, joined))
-    return parts
+    import ray.data
 
-
-def _copy(path: Path, handle: Any) -> None:
-    """Copy a file's bytes into ``handle``."""
-    with path.open("rb") as source:
-        shutil.copyfileobj(source, handle)
-
-
-def _check_rows(parts: list[PartWritten], source: PatchSource) -> None:
-    written = sum(part.rows for part in parts)
-    if written != source.rows:
-        raise RuntimeError(f"Ray Data wrote {written} predictions for {source.rows} patches of {source.where}")
-
-
-def _progress(total: int, started: float) -> Any:
-    """A callback printing ``predicted done/total patches (rate/s)`` each time another tenth is done."""
-    shown = {"next": total / PROGRESS_STEPS}
-
-    def report(done: int) -> None:
-        if done >= shown["next"] or done == total:
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # our own progress lines below; Ray's bars garble captured logs
+    context.print_on_execution_start = False
+    context.execution_options.preserve_order = True
+    table = input_table(split)
+    blocks = max(concurrency, math.ceil(len(table) / BLOCK_ROWS))
+    rows = math.ceil(len(table) / blocks)
+    ds = ray.data.from_arrow([table.slice(start, rows) for start in range(0, len(table), rows)])
+    predictions = ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"bundle_dir": str(bundle_dir.resolve()), "threads": 1, "ensemble": ensemble, "tta": tta},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=1,
+    )
+    parts, done, next_report = [], 0, len(table) / PROGRESS_STEPS
+    started = time.perf_counter()
+    for part in predictions.iter_batches(batch_size=None, batch_format="pyarrow"):
+        parts.append(part)
+        done += part.num_rows
+        if done >= next_report or done == len(table):
             rate = done / max(time.perf_counter() - started, 1e-9)
-            print(f"predicted {done}/{total} patches ({rate:.0f}/s)", flush=True)
-            shown["next"] = done + total / PROGRESS_STEPS
-
-    return report
+            print(f"predicted {done}/{len(table)} patches ({rate:.0f}/s)", flush=True)
+            next_report = done + len(table) / PROGRESS_STEPS
+    return pa.concat_tables(parts)
 
 
 def predict(args: argparse.Namespace) -> dict[str, Any]:
-    """Validate everything, stream the inference and write the output; returns a summary.
+    """Validate everything, run the inference and write the output; returns a summary.
 
     Raises:
         BundleError: The bundle is invalid or the input does not match it.
-        PatchFormatError: The input is not in the patch format (a block's problem names its file row).
+        PatchFormatError: The input is not in the patch format.
         FileExistsError: The output exists and ``--overwrite`` was not given, or it would replace an input.
         OSError: The output cannot be written.
         ValueError: A flag has an impossible value, or the output's folder cannot be written.
     """
     if args.batch_size < 1 or (args.concurrency is not None and args.concurrency < 1):
         raise ValueError("--batch-size and --concurrency must be at least 1")
-    resources = ActorResources(cpus=args.cpus_per_actor, gpus=args.gpus_per_actor)
     check_output(args.output, args.overwrite)
     check_not_a_source(args.output, args.input, args.model)
     bundle = load_bundle(args.model)
-    source = open_source(args.input, args.split)
-    check_compatible(bundle.metadata, source.metadata, source.where, labelled=source.labelled)
-    layout = choose_layout(args.layout, source.rows)
-    check_output(args.output, args.overwrite, layout)
+    split, metadata = read_input(args.input, args.split)
+    where = str(args.input / f"{args.split}.parquet") if args.input.is_dir() else str(args.input)
+    check_compatible(bundle.metadata, metadata, where, labelled=split.labels is not None)
 
     started = time.perf_counter()
     started_ray = not ray.is_initialized()
     connect(args.address, args.num_cpus)
     try:
         connected = time.perf_counter()
-        parts = _stream(args, source, bundle, layout, resources, started=connected)
+        concurrency = args.concurrency or max(1, int(cluster_cpus()))
+        concurrency = min(concurrency, len(split))
+        mode = bundle.prediction_mode(args.ensemble, args.tta)
+        members, views = len(bundle.models) if mode.ensemble else 1, len(bundle.views) if mode.tta else 1
+        print(
+            f"classifying {len(split)} patches from {where} with {concurrency} model actors "
+            f"({members} member(s) x {views} view(s) each)",
+            flush=True,
+        )
+        table = run_inference(split, args.model, args.batch_size, concurrency, mode.ensemble, mode.tta)
         finished = time.perf_counter()
     finally:
         if started_ray:
@@ -279,75 +294,37 @@ def predict(args: argparse.Namespace) -> dict[str, Any]:
             # the local GCS logged "KillActor RPC failed ... Socket closed" for the pool's actors after our output.
             ray.shutdown()
 
+    if table.num_rows != len(split) or table.column(PATCH_ID).to_pylist() != split.patch_ids.tolist():
+        raise RuntimeError(f"Ray Data returned {table.num_rows} rows for {len(split)} patches, or out of order")
+    table = table.replace_schema_metadata(
+        {
+            OUTPUT_METADATA_KEY: json.dumps(
+                {"model": str(args.model.resolve()), "input": where, "classes": list(bundle.metadata.classes)}
+            )
+        }
+    )
+    check_output(args.output, args.overwrite)  # nobody wrote it meanwhile
+    write_table_atomic(args.output, table)
+
     summary: dict[str, Any] = {
-        "patches": source.rows,
+        "patches": len(split),
         "seconds": finished - started,
         "startup_seconds": connected - started,
         "inference_seconds": finished - connected,
-        "layout": layout,
-        "files": len(parts) if layout == FOLDER else 1,
     }
-    if source.labelled:
-        metrics = metrics_from_confusion(
-            np.sum([part.confusion for part in parts], axis=0), list(bundle.metadata.classes)
-        )
+    if split.labels is not None:
+        index = {name: i for i, name in enumerate(bundle.metadata.classes)}
+        predicted = np.asarray([index[name] for name in table.column(PREDICTED_LABEL).to_pylist()])
+        metrics = classification_metrics(split.labels, predicted, list(bundle.metadata.classes))
         summary.update(accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"])
         print(f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}")
-    shown = f"{args.output} ({len(parts)} part files)" if layout == FOLDER else str(args.output)
     print(
-        f"predicted {source.rows} patches in {summary['seconds']:.1f} s "
+        f"predicted {len(split)} patches in {summary['seconds']:.1f} s "
         f"(Ray start-up {summary['startup_seconds']:.1f} s, inference {summary['inference_seconds']:.1f} s, "
-        f"{source.rows / summary['inference_seconds']:.0f} patches/s); wrote {shown}",
+        f"{len(split) / summary['inference_seconds']:.0f} patches/s); wrote {args.output}",
         flush=True,
     )
     return summary
-
-
-def _stream(
-    args: argparse.Namespace,
-    source: PatchSource,
-    bundle: Bundle,
-    layout: str,
-    resources: ActorResources,
-    started: float,
-) -> list[PartWritten]:
-    """Size the actor pool, say what runs, and stream the predictions to the output on the connected cluster.
-
-    Raises:
-        PatchFormatError: A block of the input is not in the patch format.
-        ValueError: The actors ask for GPUs and the cluster has none.
-    """
-    gpus = cluster_gpus()
-    if resources.gpus > 0 and not gpus:
-        raise ValueError(f"--gpus-per-actor {resources.gpus:g}: the Ray cluster has no GPUs; leave the flag out")
-    concurrency = args.concurrency or resources.pool_size(cluster_cpus(), gpus)
-    concurrency = min(concurrency, math.ceil(source.rows / BLOCK_ROWS))
-    mode = bundle.prediction_mode(args.ensemble, args.tta)
-    members, views = len(bundle.models) if mode.ensemble else 1, len(bundle.views) if mode.tta else 1
-    print(
-        f"classifying {source.rows} patches from {source.where} with {concurrency} model actors "
-        f"({members} member(s) x {views} view(s) each)",
-        flush=True,
-    )
-    classes = list(bundle.metadata.classes)
-    description = {"model": str(args.model.resolve()), "input": source.where, "classes": classes}
-    try:
-        return write_output(
-            args,
-            source,
-            layout,
-            load=functools.partial(load_bundle, str(args.model.resolve())),
-            classes=classes,
-            file_metadata={OUTPUT_METADATA_KEY: json.dumps(description)},
-            batch_size=args.batch_size,
-            concurrency=concurrency,
-            resources=resources,
-            ensemble=mode.ensemble,
-            tta=mode.tta,
-            progress=_progress(source.rows, started),
-        )
-    except Exception as err:  # noqa: BLE001 - only the input's own problems are turned into one line
-        raise input_error(err, source.where) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,4 +339,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main: Ray pickles a class defined in __main__ by value, torch globals and all, and
+    # that fails; ``workflows.predict.Predictor`` travels by reference and the actors import it.
+    from workflows import predict as _module
+
+    sys.exit(_module.main())

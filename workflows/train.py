@@ -16,8 +16,8 @@ from typing import Any
 
 from data import DEFAULT_DATASET_DIR
 from data.atomic import check_creatable
-from data.format import PatchFormatError, load_split, open_dataset
-from data.pipeline import band_stats, build_ray_datasets
+from data.format import PatchFormatError, read_dataset
+from data.pipeline import build_ray_datasets, compute_band_stats
 from workflows.baselines import format_test_summary, run_baselines
 from workflows.bundle import export_bundle
 from workflows.cluster import cluster_gpus, connect
@@ -108,23 +108,22 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     check_creatable(results, "--results", folder=True)  # before the data is read and Ray starts
     if (results / TEST_METRICS_FILE).exists() and not args.overwrite:
         raise FileExistsError(f"{results}: already holds {TEST_METRICS_FILE}; pass --overwrite or another --results")
-    source = open_dataset(args.data)  # footers and ids only: a malformed dataset is refused before Ray starts
+    dataset = read_dataset(args.data)
+    stats = compute_band_stats(dataset.train.pixels)
     connect(args.address, args.num_cpus)
     if cfg.use_gpu and cluster_gpus() < cfg.num_workers:
         raise ValueError(f"--gpu asks for {cfg.num_workers} GPUs, the cluster has {cluster_gpus():.0f}")
-    meta = source.metadata
     print(
-        f"data {args.data}: {source.rows('train')} train / {source.rows('val')} val / {source.rows('test')} test "
-        f"patches, {meta.num_bands} bands, {meta.height}x{meta.width}, {meta.num_classes} classes; "
-        f"{cfg.num_workers} workers; results {results}",
+        f"data {args.data}: {len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test patches, "
+        f"{dataset.metadata.num_bands} bands, {dataset.metadata.height}x{dataset.metadata.width}, "
+        f"{dataset.metadata.num_classes} classes; {cfg.num_workers} workers; results {results}",
         flush=True,
     )
-    stats = band_stats(source)  # one streaming pass that also checks every row of every split
-    datasets = build_ray_datasets(source, stats)
+    datasets = build_ray_datasets(dataset, stats)
     curves = EpochCurves(results / TENSORBOARD_DIR)
     outcome = run_training(
         cfg,
-        source.metadata,
+        dataset.metadata,
         stats,
         datasets,
         results / "ray",
@@ -137,8 +136,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     write_json_atomic(results / HISTORY_FILE, outcome.history)
     if outcome.best_checkpoint is None:
         raise RuntimeError("training finished without a checkpoint; nothing to evaluate")
-    metrics = evaluate_members([outcome.best_checkpoint], load_split(source, "test"))  # variants: single, single+tta
-    metrics.update(checkpoint=outcome.best_checkpoint, train_config=cfg.to_dict(), baselines=run_baselines(source))
+    metrics = evaluate_members([outcome.best_checkpoint], dataset.test)  # variants: single, single+tta
+    metrics.update(checkpoint=outcome.best_checkpoint, train_config=cfg.to_dict(), baselines=run_baselines(dataset))
     write_json_atomic(results / TEST_METRICS_FILE, metrics)
     summary = {key: metrics[key] for key in (*VARIANT_METRICS, "variant", "variants")}
     export_bundle(outcome.best_checkpoint, results / BUNDLE_DIR, extra={"test_metrics": summary}, overwrite=True)

@@ -26,8 +26,8 @@ from ray import tune
 
 from data import DEFAULT_DATASET_DIR
 from data.atomic import check_creatable
-from data.format import PatchFormatError, open_dataset
-from data.pipeline import band_stats, build_ray_datasets, raw_split
+from data.format import PatchFormatError, read_dataset
+from data.pipeline import build_ray_datasets, compute_band_stats
 from workflows.baselines import format_test_summary, run_baselines
 from workflows.bundle import export_bundle
 from workflows.cluster import cluster_cpus, cluster_gpus, connect
@@ -270,7 +270,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise FileExistsError(f"{results}: already holds an experiment; pass --resume, --overwrite or --results")
     _validate(args)
 
-    source = open_dataset(args.data)  # footers and ids only: a malformed dataset is refused before Ray starts
+    dataset = read_dataset(args.data)
+    stats = compute_band_stats(dataset.train.pixels)
     connect(args.address, args.num_cpus)
     if args.gpu and cluster_gpus() < args.workers_per_trial:
         raise ValueError(f"--gpu needs {args.workers_per_trial} GPUs per member; the cluster has {cluster_gpus():.0f}")
@@ -303,12 +304,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"PBT: {args.population} members x {args.epochs} epochs, perturbation every {args.perturbation_interval}, "
         f"{concurrent} at a time, {args.workers_per_trial} worker(s) x {share:g} CPU each; "
-        f"data {args.data} ({source.rows('train')} train patches); results {results}",
+        f"data {args.data} ({len(dataset.train)} train patches); results {results}",
         flush=True,
     )
 
-    stats = band_stats(source)  # one streaming pass that also checks every row of every split
-    datasets = build_ray_datasets(source, stats)
+    datasets = build_ray_datasets(dataset, stats)
     train_runs = results / TRAIN_RUNS_DIR
     member_logs = results / MEMBER_LOGS_DIR
     member_logs.mkdir(parents=True, exist_ok=True)
@@ -316,7 +316,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tune.with_parameters(
             PBTMember,
             base=base.to_dict(),
-            metadata_json=source.metadata.to_json(),
+            metadata_json=dataset.metadata.to_json(),
             stats=stats.to_dict(),
             datasets=datasets,
             storage_path=str(train_runs),
@@ -331,7 +331,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         options = PopulationOptions(unstable=not args.stable_start, lr_range=tuple(args.initial_lr_range), base=base)
         members = initial_population(args.population, options)
         scheduler = make_scheduler(
-            args.perturbation_interval, args.seed, source.metadata.num_classes, args.metric, args.mode
+            args.perturbation_interval, args.seed, dataset.metadata.num_classes, args.metric, args.mode
         )
         tuner = tune.Tuner(
             trainable,
@@ -385,9 +385,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     members = [{"trial_id": trial_id, args.metric: finished[trial_id].metrics.get(args.metric)} for trial_id in ranked]
     with contextlib.ExitStack() as stack:
         checkpoint_dirs = [stack.enter_context(r.checkpoint.as_directory()) for r in chosen]
-        metrics = evaluate_members(checkpoint_dirs, raw_split(source, "test"))  # streamed: no pixels in the driver
+        metrics = evaluate_members(checkpoint_dirs, dataset.test)
         metrics.update(best_trial=best_trial, best_config={name: best.config[name] for name in NAMES})
-        metrics.update(members=members, baselines=run_baselines(source), wall_seconds=elapsed)
+        metrics.update(members=members, baselines=run_baselines(dataset), wall_seconds=elapsed)
         write_json_atomic(results / TEST_METRICS_FILE, metrics)
         summary = {key: metrics[key] for key in (*VARIANT_METRICS, "variant", "variants")}
         export_bundle(

@@ -19,9 +19,6 @@ from data.format import (
     PatchFormatError,
     PatchMetadata,
     PatchSplit,
-    iter_split,
-    load_split,
-    open_dataset,
     read_dataset,
     read_metadata,
     read_split,
@@ -404,84 +401,3 @@ def test_writer_refuses_empty_split_and_unknown_split_names(tmp_path):
     with pytest.raises(PatchFormatError, match="holdout"):
         write_dataset(tmp_path / "ds", dataset)
     assert not (tmp_path / "ds").exists()
-
-
-# --- open_dataset: footers and ids only; splits of several files; carving without pixels ----------------------------
-
-
-def write_parts(folder: Path, dataset: PatchDataset, parts: int = 3) -> Path:
-    """The dataset with ``train`` as a folder of part files and val/test as single files."""
-    for name, split in dataset.splits.items():
-        if name != "train":
-            write_split(folder / f"{name}.parquet", split, dataset.metadata)
-            continue
-        for part, rows in enumerate(np.array_split(np.arange(len(split)), parts)):
-            write_split(folder / "train" / f"part-{part}.parquet", split.take(rows), dataset.metadata)
-    return folder
-
-
-def test_a_split_may_be_a_folder_of_part_files_read_in_name_order(tmp_path):
-    dataset = make_dataset()
-    folder = write_parts(tmp_path / "ds", dataset)
-    (folder / "train" / "notes.txt").write_text("not a part")
-    source = open_dataset(folder)
-    assert source.metadata == META
-    assert [p.name for p in source.splits["train"].files] == ["part-0.parquet", "part-1.parquet", "part-2.parquet"]
-    assert {name: source.rows(name) for name in source.splits} == {"train": 30, "val": 9, "test": 9}
-    assert source.summary_lines()[:3] == ["  train: 30 patches", "  val: 9 patches", "  test: 9 patches"]
-    back = read_dataset(folder)
-    assert back.train.patch_ids.tolist() == dataset.train.patch_ids.tolist()
-    np.testing.assert_array_equal(back.train.pixels, dataset.train.pixels)
-    np.testing.assert_array_equal(back.train.labels, dataset.train.labels)
-
-
-def test_part_files_must_agree_and_hold_distinct_ids(tmp_path):
-    dataset = make_dataset()
-    folder = write_parts(tmp_path / "ds", dataset)
-    other = PatchMetadata(META.bands, META.height, META.width, ("a", "b", "z"))
-    write_split(folder / "train" / "part-2.parquet", make_split(5, meta=other, prefix="x"), other)
-    with pytest.raises(PatchFormatError) as excinfo:
-        open_dataset(folder)
-    assert_one_line_error(excinfo, "part-2.parquet", "disagrees with train/part-0.parquet", "classes")
-    write_split(folder / "train" / "part-2.parquet", dataset.train.take(np.arange(3)), META)  # ids of part 0
-    with pytest.raises(PatchFormatError) as excinfo:
-        open_dataset(folder)
-    assert_one_line_error(excinfo, "'tr-0000'", "appears in both train/part-0.parquet and train/part-2.parquet")
-
-
-def test_a_split_is_one_file_or_one_folder(tmp_path):
-    folder = write_parts(tmp_path / "ds", make_dataset())
-    write_split(folder / "train.parquet", make_split(5, prefix="x"), META)
-    with pytest.raises(PatchFormatError, match="has both train.parquet and train/"):
-        open_dataset(folder)
-    (tmp_path / "empty" / "train").mkdir(parents=True)
-    with pytest.raises(PatchFormatError, match="must hold .parquet part files, found none"):
-        open_dataset(tmp_path / "empty")
-
-
-def test_open_dataset_reads_no_pixels_and_every_reader_names_the_bad_row(tmp_path):
-    write_dataset(tmp_path / "ok", make_dataset())
-    table = to_table(make_dataset().train, META)
-    rows = table.column(PIXELS).to_pylist()
-    rows[21][7] = float("nan")
-    table = table.set_column(2, PIXELS, pa.array(rows, type=table.schema.field(PIXELS).type))
-    path = write_table(tmp_path / "ok" / "train.parquet", table)
-    source = open_dataset(tmp_path / "ok")  # footers and ids only: the NaN is not seen yet
-    assert source.rows("train") == 30
-    for read in (lambda: read_split(path), lambda: list(iter_split(source, "train", batch_rows=4))):
-        with pytest.raises(PatchFormatError) as excinfo:
-            read()
-        assert str(excinfo.value) == f"{path}: row 21: 'pixels' holds a non-finite value (NaN or inf)"
-
-
-def test_carved_splits_come_from_ids_and_labels_and_read_in_batches(tmp_path):
-    whole = make_split(60)
-    write_split(tmp_path / "only" / "patches.parquet", whole, META)
-    source = open_dataset(tmp_path / "only", seed=3)
-    train = source.splits["train"]
-    assert train.files == (tmp_path / "only" / "patches.parquet",) and train.keep is not None
-    parts = stratified_split(whole.labels, (0.7, 0.15, 0.15), seed=3)
-    for name, rows in zip(("train", "val", "test"), parts, strict=True):
-        batches = list(iter_split(source, name, batch_rows=7))
-        assert np.concatenate([b.patch_ids for b in batches]).tolist() == whole.patch_ids[rows].tolist()
-        np.testing.assert_array_equal(load_split(source, name).pixels, whole.pixels[rows])

@@ -27,7 +27,7 @@ from workflows.bundle import (
     load_bundle,
     member_file,
 )
-from workflows.inference import model_from_state, predict_probabilities
+from workflows.evaluate import model_from_state, predict_probabilities
 from workflows.loop import load_checkpoint, save_checkpoint
 
 COUNTS = {"train": 70, "val": 14, "test": 28}

@@ -1,37 +1,26 @@
-"""Tests of the test evaluation: the variants side by side (streamed through Ray Data, with today's in-memory figures),
-metrics from confusion counts, and the members' ranking."""
+"""Tests of the test evaluation: TTA and ensemble averages, the variants side by side, and the members' ranking."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
-import ray
-import ray.data
 from test_bundle import COUNTS, make_checkpoint
 
-from data import DEFAULT_DATASET_DIR
-from data.format import PatchFormatError, PatchMetadata, read_dataset, to_table, write_split
-from data.pipeline import BandStats
+from data.pipeline import BandStats, augmentation_elements, d4_transform
 from data.synthetic import generate
 from workflows.evaluate import (
-    classification_metrics,
+    NO_TTA,
+    ensemble_probabilities,
     evaluate_checkpoint,
     evaluate_members,
     format_variants,
-    metrics_from_confusion,
-    rank_members,
-    read_members,
-)
-from workflows.inference import (
-    NO_TTA,
-    confusion_counts,
-    ensemble_probabilities,
     member_view_probabilities,
     model_from_state,
-    tta_views,
+    predict_probabilities,
+    rank_members,
+    read_members,
 )
 from workflows.loop import load_checkpoint
 
@@ -48,7 +37,45 @@ def loaded(checkpoint: Path):
     return model_from_state(state), BandStats.from_dict(state["band_stats"])
 
 
-def test_variants_of_an_ensemble_side_by_side(members, ray_cluster):
+def test_tta_over_d4_is_the_mean_over_the_8_moved_inputs(members):
+    model, stats = loaded(members[0])
+    pixels = generate({"test": 30}, seed=3).test.pixels
+    moved = [predict_probabilities(model, d4_transform(pixels, np.full(len(pixels), k)), stats) for k in range(8)]
+    tta = ensemble_probabilities([model], pixels, stats, augmentation_elements("d4"))
+    np.testing.assert_allclose(tta, np.mean(moved, axis=0), atol=1e-6)
+    np.testing.assert_allclose(tta.sum(axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(tta, moved[0], atol=1e-3)  # the views differ, or the test proves nothing
+
+
+def test_no_augmentation_is_a_single_view(members):
+    model, stats = loaded(members[0])
+    pixels = generate({"test": 30}, seed=3).test.pixels
+    assert augmentation_elements("none").tolist() == NO_TTA.tolist()
+    np.testing.assert_array_equal(
+        ensemble_probabilities([model], pixels, stats, augmentation_elements("none")),
+        predict_probabilities(model, pixels, stats),
+    )
+
+
+def test_ensemble_is_the_mean_of_its_members(members):
+    (a, stats), (b, _) = loaded(members[0]), loaded(members[1])
+    pixels = generate({"test": 30}, seed=3).test.pixels
+    views = augmentation_elements("flips")
+    per_member = member_view_probabilities([a, b], pixels, stats, views)
+    assert per_member.shape == (2, len(views), 30, a.config.num_classes)
+    np.testing.assert_allclose(
+        ensemble_probabilities([a, b], pixels, stats),
+        (predict_probabilities(a, pixels, stats) + predict_probabilities(b, pixels, stats)) / 2,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        ensemble_probabilities([a, b], pixels, stats, views), per_member.mean(axis=(0, 1)), atol=1e-6
+    )
+    assert member_view_probabilities([a], pixels[:0], stats, views).shape == (1, len(views), 0, a.config.num_classes)
+    assert ensemble_probabilities([a], pixels[:0], stats).shape == (0, a.config.num_classes)
+
+
+def test_variants_of_an_ensemble_side_by_side(members):
     test = generate(COUNTS, seed=0).test  # the members' own data
     metrics = evaluate_members(members, test)
     assert list(metrics["variants"]) == ["single", "ensemble", "ensemble+tta"]
@@ -65,7 +92,7 @@ def test_variants_of_an_ensemble_side_by_side(members, ray_cluster):
     assert len(lines) == 3 and lines[-1].startswith("* ensemble+TTA") and "macro-F1" in lines[0]
 
 
-def test_variants_of_one_model(members, ray_cluster):
+def test_variants_of_one_model(members):
     metrics = evaluate_members(members[:1], generate(COUNTS, seed=0).test)
     assert list(metrics["variants"]) == ["single", "single+tta"] and metrics["variant"] == "single+tta"
 
@@ -89,114 +116,3 @@ def test_rank_members_keeps_the_healthy_best_first():
     assert rank_members(final, "val_acc", "min") == ["a", "b", "d"]
     everyone_diverged = {key: {**body, "diverged": True} for key, body in final.items()}
     assert rank_members(everyone_diverged, "val_acc", "max") == ["c"]
-
-
-# --- The streamed evaluation gives today's in-memory figures -------------------------------------------------------
-
-
-def in_memory_reference(checkpoint_dirs, split):
-    """Today's evaluation, in this process: every member on every view of the whole split, scikit-learn on the rows."""
-    states = read_members(checkpoint_dirs)
-    metadata = PatchMetadata.from_json(states[0]["metadata"])
-    _, views = tta_views(states[0].get("train_config"), metadata)
-    elements = views if views[0] == NO_TTA[0] else np.concatenate([NO_TTA, views])
-    models = [model_from_state(state) for state in states]
-    stats = BandStats.from_dict(states[0]["band_stats"])
-    probabilities = member_view_probabilities(models, split.pixels, stats, elements)
-    plain, tta = probabilities[:, 0], probabilities[:, len(elements) - len(views) :]
-    candidates = {"single": plain[0]}
-    if len(models) > 1:
-        candidates["ensemble"] = plain.mean(axis=0)
-    candidates["ensemble+tta" if len(models) > 1 else "single+tta"] = tta.mean(axis=(0, 1))
-    classes = list(metadata.classes)
-    return {name: in_memory_metrics(split.labels, p.argmax(axis=1), classes) for name, p in candidates.items()}
-
-
-def without_timing(metrics: dict) -> dict:
-    return {key: value for key, value in metrics.items() if key != "evaluation_seconds"}
-
-
-@pytest.mark.parametrize("count", [2, 1], ids=["ensemble", "single"])
-def test_streamed_evaluation_equals_the_in_memory_one(members, count, tmp_path, ray_cluster):
-    """From the in-memory split and from a Ray dataset of the Parquet rows: today's figures, exactly."""
-    dataset = generate(COUNTS, seed=0)  # the members' own data, so the variants differ
-    test = dataset.test
-    reference = in_memory_reference(members[:count], test)
-    from_split = evaluate_members(members[:count], test)
-    write_split(tmp_path / "test.parquet", test, dataset.metadata)
-    from_rows = evaluate_members(members[:count], ray.data.read_parquet(str(tmp_path / "test.parquet")))
-    assert without_timing(from_split) == without_timing(from_rows)
-    assert list(from_split["variants"]) == list(reference)
-    shipped = list(reference)[-1]
-    assert from_split["variant"] == shipped
-    assert {key: from_split[key] for key in reference[shipped]} == reference[shipped]
-    for name, figures in reference.items():
-        assert from_split["variants"][name] == {key: figures[key] for key in ("accuracy", "macro_f1", "kappa")}
-    assert len({m["accuracy"] for m in reference.values()}) > 1 or count == 1  # the variants differ: a real test
-
-
-def test_streamed_evaluation_of_the_default_test_split_equals_the_in_memory_one(members, ray_cluster):
-    """The embedded dataset's 1,400 test patches, read by Ray Data in its own blocks: the same figures as today."""
-    reference = in_memory_reference(members, read_dataset(DEFAULT_DATASET_DIR).test)
-    metrics = evaluate_members(members, ray.data.read_parquet(str(DEFAULT_DATASET_DIR / "test.parquet")))
-    assert {key: metrics[key] for key in reference["ensemble+tta"]} == reference["ensemble+tta"]
-    for name, figures in reference.items():
-        assert metrics["variants"][name] == {key: figures[key] for key in ("accuracy", "macro_f1", "kappa")}
-
-
-def test_a_bad_row_of_a_ray_dataset_is_named_by_its_patch_id(members, tmp_path, ray_cluster):
-    dataset = generate({"test": 28}, seed=0)
-    table = to_table(dataset.test, dataset.metadata)
-    labels = table.column("label").to_pylist()
-    labels[9] = "volcano"
-    rows = ray.data.from_arrow(table.set_column(table.column_names.index("label"), "label", pa.array(labels)))
-    with pytest.raises(PatchFormatError) as caught:
-        evaluate_members(members[:1], rows)
-    message = str(caught.value)
-    assert message.startswith(f"test split: patch '{dataset.test.patch_ids[9]}': unknown label 'volcano'")
-    assert "\n" not in message
-
-
-def test_metrics_from_confusion_equal_the_row_metrics():
-    rng = np.random.default_rng(3)
-    classes = [f"c{i}" for i in range(5)]
-    for truth, predicted in [
-        (rng.integers(0, 5, 400), rng.integers(0, 5, 400)),
-        (rng.integers(0, 3, 50), rng.integers(0, 4, 50)),  # classes never seen or never predicted
-        (np.zeros(9, dtype=int), np.zeros(9, dtype=int)),
-    ]:
-        expected = in_memory_metrics(truth, predicted, classes)
-        assert metrics_from_confusion(confusion_counts(truth, predicted, 5), classes) == expected
-        assert classification_metrics(truth, predicted, classes) == expected
-
-
-def in_memory_metrics(truth, predicted, classes):
-    """scikit-learn on the rows, as classification_metrics computed them before the counts."""
-    from sklearn.metrics import (
-        accuracy_score,
-        cohen_kappa_score,
-        confusion_matrix,
-        f1_score,
-        precision_recall_fscore_support,
-    )
-
-    labels = np.arange(len(classes))
-    precision, recall, f1, support = precision_recall_fscore_support(truth, predicted, labels=labels, zero_division=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        kappa = float(cohen_kappa_score(truth, predicted, labels=labels))
-    return {
-        "accuracy": float(accuracy_score(truth, predicted)),
-        "macro_f1": float(f1_score(truth, predicted, labels=labels, average="macro", zero_division=0)),
-        "kappa": kappa,
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(classes)
-        },
-        "confusion_matrix": confusion_matrix(truth, predicted, labels=labels).tolist(),
-        "class_names": list(classes),
-    }

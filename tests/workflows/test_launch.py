@@ -7,8 +7,8 @@ import ray
 from ray.util.placement_group import placement_group, placement_group_table
 
 from data import DEFAULT_DATASET_DIR
-from data.format import open_dataset
-from data.pipeline import band_stats, build_ray_datasets
+from data.format import read_dataset
+from data.pipeline import build_ray_datasets, compute_band_stats
 from workflows.config import GRAD_CLIP, LR, TrainConfig
 from workflows.launch import MemberRun, unique_run_name
 from workflows.ray_private import record_placement_group, release_placement_group
@@ -36,9 +36,9 @@ def test_a_record_of_an_already_removed_group_is_harmless(ray_cluster):
 
 @pytest.fixture(scope="module")
 def member_data(ray_cluster):
-    source = open_dataset(DEFAULT_DATASET_DIR)
-    stats = band_stats(source)
-    return source, stats, build_ray_datasets(source, stats)
+    dataset = read_dataset(DEFAULT_DATASET_DIR)
+    stats = compute_band_stats(dataset.train.pixels)
+    return dataset, stats, build_ray_datasets(dataset, stats)
 
 
 def test_a_member_run_takes_one_command_per_epoch_and_loads_a_checkpoint_in_place(member_data, tmp_path, alive_actors):

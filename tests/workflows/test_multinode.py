@@ -11,8 +11,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 from data import DEFAULT_DATASET_DIR
-from data.format import open_dataset
-from data.pipeline import band_stats, build_ray_datasets
+from data.format import read_dataset
+from data.pipeline import build_ray_datasets, compute_band_stats
 from workflows.config import TrainConfig
 from workflows.launch import run_training, unique_run_name
 from workflows.loop import load_checkpoint
@@ -58,8 +58,8 @@ def two_nodes():
             head = {"num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": None}
             cluster = Cluster(initialize_head=True, head_node_args=head)
             ray.init(address=cluster.address, log_to_driver=False)
-            dataset = open_dataset(DEFAULT_DATASET_DIR)
-            stats = band_stats(dataset)
+            dataset = read_dataset(DEFAULT_DATASET_DIR)
+            stats = compute_band_stats(dataset.train.pixels)
             # Built before the worker node joins, so every block lives on the head: losing the worker node later
             # loses no data, as on a real cluster whose driver node holds the data set.
             data = (dataset, stats, build_ray_datasets(dataset, stats))

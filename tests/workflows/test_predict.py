@@ -1,5 +1,4 @@
-"""Tests of predict.py: Ray Data predictions equal the in-process model's, unlabelled input, one file or a folder of
-part files in input order, and one-line errors that leave nothing behind."""
+"""Tests of predict.py: Ray Data predictions equal the in-process model's, unlabelled input, and one-line errors."""
 
 from __future__ import annotations
 
@@ -9,19 +8,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from test_bundle import make_checkpoint
 
-from data.format import PatchSplit, read_dataset, to_table, write_dataset, write_split
+from data.format import PatchSplit, write_dataset, write_split
 from data.pipeline import BandStats, augmentation_elements
 from data.synthetic import generate
-from workflows import inference, predict
+from workflows import predict
 from workflows.bundle import INFO_FILE, WEIGHTS_FILE, export_bundle
-from workflows.evaluate import classification_metrics
-from workflows.inference import NO_TTA, ensemble_probabilities, model_from_state
+from workflows.evaluate import NO_TTA, classification_metrics, ensemble_probabilities, model_from_state
 from workflows.loop import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -202,81 +199,3 @@ def test_no_ensemble_predicts_with_the_best_member_alone(files, tmp_path, capsys
     probabilities = np.stack([table.column(f"prob_{c}").to_numpy() for c in classes], axis=1)
     split = generate({"train": 35, "test": 63}, seed=DATA_SEED).train
     np.testing.assert_allclose(probabilities, reference(files["checkpoint"], split), rtol=0, atol=1e-5)
-
-
-def read_rows(path: Path):
-    """The predictions at ``path``, a file or a folder of part files read in name order."""
-    if path.is_dir():
-        return pa.concat_tables([pq.read_table(part) for part in sorted(path.iterdir())])
-    return pq.read_table(path)
-
-
-@pytest.fixture
-def small_blocks(monkeypatch):
-    """Blocks of 8 patches and part files of about 20: several of each from the test's few dozen patches (with
-    --batch-size 8, as the actors gather a batch's rows before they start)."""
-    monkeypatch.setattr(inference, "BLOCK_ROWS", 8)
-    monkeypatch.setattr(predict, "SINGLE_FILE_ROWS", 20)
-
-
-def test_a_folder_of_part_files_holds_the_file_s_rows_in_order(files, tmp_path, capsys, ray_cluster, small_blocks):
-    single, folder = tmp_path / "one.parquet", tmp_path / "parts"
-    base = ["--model", files["bundle"], "--input", files["dataset"], "--no-tta", "--batch-size", "8"]
-    assert run_main(capsys, *base, "--output", single, "--layout", "file")[0] == 0
-    code, stdout, err = run_main(capsys, *base, "--output", folder)  # auto: 63 patches > 20, a folder
-    assert code == 0, err
-    parts = sorted(p.name for p in folder.iterdir())
-    assert len(parts) >= 3 and parts == [f"part-{i:05d}.parquet" for i in range(len(parts))]
-    assert read_rows(folder).equals(read_rows(single))  # same rows, same order, same metadata
-    assert "predicted 63/63 patches" in stdout and f"({len(parts)} part files)" in stdout
-    dataset = generate({"train": 35, "test": 63}, seed=DATA_SEED)
-    predicted = reference(files["checkpoint"], dataset.test, tta=False).argmax(axis=1)
-    expected = classification_metrics(dataset.test.labels, predicted, list(dataset.metadata.classes))
-    assert f"accuracy {expected['accuracy']:.4f}" in stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.parquet", "parts"]  # no temporary left
-    # Refused without --overwrite; replaced with it; never a folder holding other files.
-    code, _, err = run_main(capsys, *base, "--output", folder)
-    assert_error(code, err, "already exists", "--overwrite")
-    assert run_main(capsys, *base, "--output", folder, "--overwrite")[0] == 0
-    (folder / "notes.txt").write_text("mine")
-    code, _, err = run_main(capsys, *base, "--output", folder, "--overwrite")
-    assert_error(code, err, "is a folder holding notes.txt")
-    assert (folder / "notes.txt").read_text() == "mine"
-
-
-def test_a_bad_row_found_while_streaming_leaves_nothing(files, tmp_path, capsys, ray_cluster, small_blocks):
-    dataset = generate({"test": 63}, seed=DATA_SEED)
-    table = to_table(dataset.test, dataset.metadata)
-    pixels = table.column("pixels").to_pylist()
-    pixels[41][5] = float("nan")
-    flat = pa.array(np.concatenate(pixels).astype(np.float32))
-    column = pa.FixedSizeListArray.from_arrays(flat, dataset.metadata.values_per_patch)
-    pq.write_table(table.set_column(table.column_names.index("pixels"), "pixels", column), tmp_path / "bad.parquet")
-    out_folder = tmp_path / "out"
-    for layout in ("file", "folder"):
-        output = out_folder / f"preds-{layout}"
-        args = ["--model", files["bundle"], "--input", tmp_path / "bad.parquet", "--output", output]
-        code, _, err = run_main(capsys, *args, "--layout", layout)
-        assert_error(code, err, f"{tmp_path / 'bad.parquet'}: row 41: 'pixels' holds a non-finite value")
-        assert "Traceback" not in err
-        assert not out_folder.exists() or list(out_folder.iterdir()) == []
-
-
-def test_a_split_missing_from_the_folder_is_carved_as_training_carves_it(files, tmp_path, capsys, ray_cluster):
-    dataset = generate({"train": 70}, seed=DATA_SEED)
-    (tmp_path / "ds").mkdir()
-    write_split(tmp_path / "ds" / "train.parquet", dataset.train, dataset.metadata)
-    out = tmp_path / "preds.parquet"
-    code, stdout, err = run_main(capsys, "--model", files["bundle"], "--input", tmp_path / "ds", "--output", out)
-    assert code == 0, err
-    expected = read_dataset(tmp_path / "ds").test
-    assert pq.read_table(out).column("patch_id").to_pylist() == expected.patch_ids.tolist()
-    assert f"classifying {len(expected)} patches" in stdout and "accuracy" in stdout
-
-
-def test_layout_follows_the_number_of_patches_unless_chosen():
-    args = predict.build_parser().parse_args(["--model", "m", "--input", "i", "--output", "o"])
-    assert (args.layout, args.cpus_per_actor, args.gpus_per_actor) == ("auto", 1.0, 0.0)
-    assert predict.choose_layout("auto", predict.SINGLE_FILE_ROWS) == "file"
-    assert predict.choose_layout("auto", predict.SINGLE_FILE_ROWS + 1) == "folder"
-    assert predict.choose_layout("file", 10**9) == "file"

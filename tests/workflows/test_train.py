@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from data import DEFAULT_DATASET_DIR
-from data.format import open_dataset
-from data.pipeline import band_stats, build_ray_datasets
+from data.format import read_dataset
+from data.pipeline import build_ray_datasets, compute_band_stats
 from workflows.config import TrainConfig
 from workflows.launch import run_training, unique_run_name
 from workflows.loop import load_checkpoint
@@ -22,9 +22,9 @@ FAST = {"channels": 32, "num_workers": 2, "batch_size": 64, "seed": 0}
 
 @pytest.fixture(scope="module")
 def default_data(ray_cluster):
-    source = open_dataset(DEFAULT_DATASET_DIR)
-    stats = band_stats(source)
-    return source, stats, build_ray_datasets(source, stats)
+    dataset = read_dataset(DEFAULT_DATASET_DIR)
+    stats = compute_band_stats(dataset.train.pixels)
+    return dataset, stats, build_ray_datasets(dataset, stats)
 
 
 @pytest.fixture(scope="module")
