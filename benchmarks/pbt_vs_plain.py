@@ -153,7 +153,7 @@ def exploit_figures(record: dict[str, Any]) -> dict[str, Any]:
     return {"gaps": gaps, "recovery": recovery, "train_runs": train_runs, "runs_started": len(started)}
 
 
-def plan(schedule: list[Member], interval: int, epochs: int) -> list[tuple[int, int]]:
+def plan(schedule: list[Member]) -> list[tuple[int, int]]:
     """The order to train (member index, row index): each member as far as it can, then the next.
 
     A member stops when its next epoch needs a donor state that has not been trained yet.
@@ -205,16 +205,13 @@ def _eval_batches(pixels: np.ndarray, labels: np.ndarray) -> Any:
         }
 
 
-def plain_pbt(
-    dataset: PatchDataset, base: TrainConfig, schedule: list[Member], interval: int, threads: int = CPUS
-) -> dict[str, Any]:
+def plain_pbt(dataset: PatchDataset, base: TrainConfig, schedule: list[Member], threads: int = CPUS) -> dict[str, Any]:
     """Train the schedule in this process and evaluate the best member (by last ``val_acc``) on the test split.
 
     Args:
         dataset: The dataset.
         base: Settings shared by all members (``lr`` and ``grad_clip`` come from each row).
         schedule: The members and their epochs.
-        interval: The perturbation interval (donor states are kept on this cadence).
         threads: Torch threads.
 
     Returns:
@@ -222,7 +219,7 @@ def plain_pbt(
         ``diverged`` flags at the end, the best member's ``name``, ``val_acc`` and test ``accuracy``, and every
         member's test accuracy (``member_accuracies``, evaluated after ``wall`` was taken).
     """
-    order = plan(schedule, interval, base.epochs)
+    order = plan(schedule)
     started = time.perf_counter()
     torch.set_num_threads(threads)
     stats = compute_band_stats(dataset.train.pixels)
@@ -324,14 +321,14 @@ def main(argv: list[str] | None = None) -> int:
     interval = job_args.perturbation_interval
     try:
         schedule = schedule_from_record(record, members)
-        plan(schedule, interval, base.epochs)
+        plan(schedule)
         replay = f"replayed {sum(len(t['exploits']) for t in record['trials'].values())} exploit(s) from pbt.json"
     except ReplayError as err:
         schedule = initial_schedule(members, base.epochs)
         replay = f"exploits NOT replayed ({err}); initial settings for all epochs"
     dataset = read_dataset(job_args.data)
     print(f"\nplain loop: {len(schedule)} members, {replay}, torch threads {CPUS}", flush=True)
-    plain = plain_pbt(dataset, base, schedule, interval)
+    plain = plain_pbt(dataset, base, schedule)
 
     ray_diverged = sum(1 for t in record["trials"].values() if t["final"]["diverged"])
     ray_epochs = sum(len(t["history"]) for t in record["trials"].values())

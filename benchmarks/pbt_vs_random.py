@@ -109,7 +109,7 @@ def run_random(args: argparse.Namespace, dataset: PatchDataset, seed: int) -> di
     """Random search with this seed, trained in this process; every member's test accuracy."""
     base = TrainConfig(channels=args.channels, epochs=args.epochs, seed=seed)
     members = random_members(args.population, tuple(args.initial_lr_range), args.epochs, seed)
-    plain = plain_pbt(dataset, base, members, args.interval)
+    plain = plain_pbt(dataset, base, members)
     # Random search picks its winner by validation accuracy, as PBT's job does.
     return {
         "wall": plain["wall"],

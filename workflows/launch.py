@@ -96,6 +96,13 @@ class TrainingOutcome:
     worker_metrics: list[list[dict[str, Any]]]
 
 
+def _write_json(path: Path, body: Any) -> None:
+    """Write ``body`` as JSON so that a reader polling for ``path`` never sees half a file."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(body, default=lambda value: value.item()))  # numpy scalars
+    os.replace(partial, path)
+
+
 class _Mailbox:
     """Numbered report and acknowledgement files in a folder that the Train controller and the caller share.
 
@@ -111,10 +118,7 @@ class _Mailbox:
 
     def post(self, number: int, body: Any) -> None:
         """Write report ``number`` (atomically: the reader never sees half a file)."""
-        path = self._path("report", number)
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(body, default=lambda value: value.item()))  # numpy scalars
-        os.replace(partial, path)
+        _write_json(self._path("report", number), body)
 
     def take(self, number: int) -> Any | None:
         """Report ``number`` if it has been posted, else None."""
@@ -312,6 +316,14 @@ class _Run:
         if not _stop_gracefully(self.control / STOP_NAME, self.mailbox, self.thread) and self.owner is not None:
             release_placement_group(self.owner)
 
+    def end(self) -> None:
+        """Stop the run (see :meth:`stop`) and forget it, whatever state it ended in."""
+        try:
+            self.stop()
+        finally:
+            with contextlib.suppress(BaseException):
+                self.close()
+
     def close(self) -> Any:
         """Forget the run's control folder once ``fit()`` returned; returns Train's result or raises its error."""
         _RUNNING.pop(self.control / STOP_NAME, None)
@@ -360,10 +372,7 @@ class MemberRun:
             RuntimeError: The run ended (Train gave up after failures) before it reported.
         """
         self.commands += 1
-        path = self.control / command_name(self.commands)
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps({"load": load, "hyper": hyper, "fresh": fresh}))
-        os.replace(partial, path)
+        _write_json(self.control / command_name(self.commands), {"load": load, "hyper": hyper, "fresh": fresh})
         posted = self.run.next_report()
         if posted is None:
             self.run.close()  # raises Train's error, if any
@@ -376,11 +385,7 @@ class MemberRun:
 
     def stop(self) -> None:
         """End the run after its current epoch (it waits for a command, so at once) and free its workers."""
-        try:
-            self.run.stop()
-        finally:
-            with contextlib.suppress(BaseException):
-                self.run.close()
+        self.run.end()
 
 
 def run_training(
@@ -435,9 +440,7 @@ def run_training(
         run.thread.join()
     except BaseException:
         # Stopped by the caller: ask the run to stop and let it end (see the module docstring).
-        run.stop()
-        with contextlib.suppress(BaseException):
-            run.close()
+        run.end()
         raise
     result = run.close()
     best_checkpoint, best_metrics = None, None

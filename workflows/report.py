@@ -81,7 +81,7 @@ def format_summary(pbt: dict[str, Any]) -> str:
     metric = pbt.get("metric", "val_acc")
     best = pbt.get("best_trial", "")
     width = max([len("trial"), *(len(trial_id) for trial_id in pbt["trials"])])
-    columns = [(f"{when} {m.name}", m, key) for m in MUTABLES for when, key in (("init", "initial_config"),)]
+    columns = [(f"init {m.name}", m, "initial_config") for m in MUTABLES]
     columns += [(f"final {m.name}", m, "final_config") for m in MUTABLES]
     header = f"  {'trial':<{width}}" + "".join(f"  {title:>{max(9, len(title))}}" for title, _, _ in columns)
     header += f"  {'exploits':>8}  {'final ' + metric:>13}  diverged at end"
