@@ -140,10 +140,9 @@ def d4_transform(pixels: np.ndarray, elements: np.ndarray) -> np.ndarray:
 class D4Collate:
     """Turns a Ray Data numpy batch into tensors with a random element of an augmentation group applied to each patch.
 
-    Passed (as :class:`data.collate.RayD4Collate`) to ``iter_torch_batches`` on each training worker, so
-    augmentation runs in Ray Data's prefetch thread beside the model rather than as Ray tasks competing with training
-    for CPUs. Seeded per worker and epoch, so a run is reproducible and every epoch sees different views of each
-    patch.
+    Applied by each training worker to the batches of its shard (:mod:`workflows.shard_cache`), beside the model,
+    rather than as Ray tasks competing with training for CPUs. Seeded per worker and epoch, so a run is reproducible
+    and every epoch sees different views of each patch.
 
     Args:
         seed: Seed of this worker's augmentation for one epoch.
@@ -154,7 +153,7 @@ class D4Collate:
     """
 
     def __init__(self, seed: int, augment: str = DEFAULT_AUGMENTATION) -> None:
-        augmentation_elements(augment)  # refuse an unknown group now, not in the prefetch thread
+        augmentation_elements(augment)  # refuse an unknown group now, not at the first batch
         self.augment = augment
         self.rng = np.random.default_rng(seed)
 

@@ -9,6 +9,7 @@ reports the same global metrics, and rank 0 writes a checkpoint. A diverged run 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import math
@@ -25,12 +26,13 @@ from torch import nn
 
 from data.format import PatchMetadata
 from data.messages import torch_load_failure
-from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats
+from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats, D4Collate
 from resnet import ResNet, ResNetConfig
 from resnet.preflight import check as preflight_check
 from workflows.config import TrainConfig
 from workflows.hyperparams import apply_to_optimizer, reported_values
 from workflows.ray_private import quiet_worker_logs
+from workflows.shard_cache import CachedShard, as_tensors
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,11 @@ def _all_reduce(values: list[float], op: dist.ReduceOp, device: torch.device) ->
     if _distributed():
         dist.all_reduce(tensor, op=op)
     return tensor.cpu().numpy()
+
+
+def _all_agree(yes: bool, device: torch.device) -> bool:
+    """Whether every worker says yes."""
+    return bool(_all_reduce([float(yes)], dist.ReduceOp.MIN, device)[0])
 
 
 def train_epoch(
@@ -329,8 +336,6 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from data.collate import RayD4Collate
-
     quiet_worker_logs()
 
     cfg = TrainConfig.from_dict(config["train"])
@@ -370,8 +375,9 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     eval_loss_fn = nn.CrossEntropyLoss()
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    agree = functools.partial(_all_agree, device=device)
+    train_shard = CachedShard(ray.train.get_dataset_shard("train"), agree=agree)
+    val_shard = CachedShard(ray.train.get_dataset_shard("val"))
     per_worker_batch = max(1, cfg.batch_size // world)
     first = True
 
@@ -395,13 +401,13 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         trains = epoch < cfg.epochs  # a member handed a final checkpoint only evaluates it
         if trains:
             epoch += 1
-            batches = train_shard.iter_torch_batches(
-                batch_size=per_worker_batch,
-                collate_fn=RayD4Collate(seed=(cfg.seed * 1_000_003 + epoch) * 1009 + rank, augment=cfg.augment),
-                local_shuffle_buffer_size=SHUFFLE_BATCHES * per_worker_batch,
-                local_shuffle_seed=cfg.seed * 1_000_003 + epoch,
+            augment = D4Collate(seed=(cfg.seed * 1_000_003 + epoch) * 1009 + rank, augment=cfg.augment)
+            rows = train_shard.batches(
+                per_worker_batch,
+                shuffle_seed=cfg.seed * 1_000_003 + epoch,
+                shuffle_buffer=SHUFFLE_BATCHES * per_worker_batch,
             )
-            local = train_epoch(model, optimizer, loss_fn, batches, cfg.clip_norm, device)
+            local = train_epoch(model, optimizer, loss_fn, map(augment, rows), cfg.clip_norm, device)
             metrics = _epoch_report(model, eval_loss_fn, val_shard, metadata, local, epoch, cfg, rank, world, device)
         elif loaded_metrics:
             # Handed a final checkpoint (an exploit at the donor's last epoch): its epoch's report, with our settings.
@@ -446,7 +452,7 @@ def _epoch_report(
     device: torch.device,
 ) -> dict[str, Any]:
     """Validate, all-reduce this worker's sums with the others' and turn them into the epoch's global metrics."""
-    val_batches = val_shard.iter_torch_batches(batch_size=EVAL_BATCH_SIZE, device=device, dtypes=_DTYPES)
+    val_batches = as_tensors(val_shard.batches(EVAL_BATCH_SIZE), device)
     # The bare module: DDP's forward would broadcast buffers, a collective the other workers do not join.
     val_loss_sum, val_count, confusion = evaluate_shard(
         _unwrap(model), eval_loss_fn, val_batches, metadata.num_classes, rank, world
@@ -471,6 +477,3 @@ def stop_requested(stop_file: str | None, rank: int, device: torch.device) -> bo
     """Whether the caller asked the run to stop (rank 0 reads the stop file; every worker gets its answer)."""
     asked = float(rank == 0 and stop_file is not None and os.path.exists(stop_file))
     return bool(_all_reduce([asked], dist.ReduceOp.MAX, device)[0])
-
-
-_DTYPES = {PIXELS_COLUMN: torch.float32, LABEL_COLUMN: torch.int64}

@@ -197,7 +197,9 @@ class RecoveringPBT(PopulationBasedTraining):
     2. **A member in trouble is replaced at once.** A report that says ``diverged``, or a score at or below
        ``stuck_below`` after the first interval, exploits the best healthy member (by latest score) at that report,
        without waiting for the member's perturbation point. The donor's checkpoint is its latest one (members hand
-       Tune a checkpoint every epoch).
+       Tune a checkpoint every epoch). A member that diverged before any other had reported (no donor yet) stays
+       in trouble while its score is at or below ``stuck_below``, even inside the first interval: its weights are
+       the diverged ones, and the next report with a donor replaces them.
     3. **No pause for others.** A perturbation point never *pauses* a member just because others are pending
        (stock behaviour); the member continues.
     4. **A donor hands over its latest checkpoint**, never one PBT recorded at the donor's own last perturbation
@@ -213,6 +215,8 @@ class RecoveringPBT(PopulationBasedTraining):
         super().__init__(**kwargs)
         self._stuck_below = stuck_below
         self.rescues = 0
+        # Members that reported diverged and have not been replaced or climbed above stuck_below since.
+        self._recovering: set[Any] = set()
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         """Record the score, rescue a member in trouble, else PBT's decision with PAUSE turned into CONTINUE."""
@@ -220,24 +224,31 @@ class RecoveringPBT(PopulationBasedTraining):
             state = self._trial_state[trial]
             state.last_score = self._metric_op * result[self._metric]
             state.last_result = result
-            if self._in_trouble(result):
+            if result.get("diverged"):
+                self._recovering.add(trial)
+            elif not self._at_chance(result):
+                self._recovering.discard(trial)
+            if self._in_trouble(result, trial in self._recovering):
                 donor = self._best_healthy(trial)
                 if donor is not None:
                     self._trial_state[donor].last_checkpoint = donor.checkpoint
                     state.last_perturbation_time = result[self._time_attr]
                     state.last_train_time = result[self._time_attr]
                     self.rescues += 1
+                    self._recovering.discard(trial)
                     self._exploit(tune_controller, trial, donor)
                     return TrialScheduler.NOOP
         decision = super().on_trial_result(tune_controller, trial, result)
         return TrialScheduler.CONTINUE if decision == TrialScheduler.PAUSE else decision
 
-    def _in_trouble(self, result: dict) -> bool:
+    def _at_chance(self, result: dict) -> bool:
+        return self._stuck_below is not None and result[self._metric] <= self._stuck_below
+
+    def _in_trouble(self, result: dict, recovering: bool = False) -> bool:
+        """Diverged; or at chance after the first interval, or at any time while ``recovering`` from a divergence."""
         if result.get("diverged"):
             return True
-        if self._stuck_below is None or result[self._time_attr] < self._perturbation_interval:
-            return False
-        return result[self._metric] <= self._stuck_below
+        return self._at_chance(result) and (recovering or result[self._time_attr] >= self._perturbation_interval)
 
     def _best_healthy(self, trial: Any) -> Any | None:
         """The other member with the best latest score that is healthy and has a checkpoint, or None."""
@@ -247,7 +258,7 @@ class RecoveringPBT(PopulationBasedTraining):
             if other is not trial
             and state.last_score is not None
             and state.last_result is not None
-            and not self._in_trouble(state.last_result)
+            and not self._in_trouble(state.last_result, other in self._recovering)
             and other.checkpoint is not None
             and other.status != "ERROR"
         ]

@@ -140,19 +140,16 @@ def test_collate_draws_every_element_of_its_group_and_nothing_else(name, height,
 
 
 def test_ray_feed_is_normalised_augmented_and_free_of_deprecation_warnings(ray_cluster, dataset):
-    from ray.data.collate_fn import NumpyBatchCollateFn
     from ray.util.annotations import RayDeprecationWarning
-
-    from data.collate import RayD4Collate
 
     stats = compute_band_stats(dataset.train.pixels)
     built = build_ray_datasets(dataset, stats)
     assert built["train"].count() == len(dataset.train.labels) and built["val"].count() == len(dataset.val.labels)
-    collate = RayD4Collate(seed=3)
-    assert isinstance(collate, NumpyBatchCollateFn)
+    collate = D4Collate(seed=3)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", RayDeprecationWarning)  # as a plain callable as collate_fn does
-        batches = list(built["train"].iter_torch_batches(batch_size=64, collate_fn=collate))
+        warnings.simplefilter("error", RayDeprecationWarning)
+        # As the training workers read it (workflows/shard_cache.py): numpy batches, augmented beside the model.
+        batches = [collate(b) for b in built["train"].iter_batches(batch_size=64, batch_format="numpy")]
     pixels = torch.cat([b[PIXELS_COLUMN] for b in batches]).numpy()
     labels = torch.cat([b[LABEL_COLUMN] for b in batches]).numpy()
     assert pixels.shape == dataset.train.pixels.shape

@@ -44,3 +44,55 @@ def test_a_member_in_trouble_is_diverged_or_near_chance_after_its_first_interval
     assert not scheduler._in_trouble({"epoch": 4, "val_acc": 0.15, "diverged": False}), "too early to call it stuck"
     assert scheduler._in_trouble({"epoch": 5, "val_acc": 0.15, "diverged": False})
     assert not scheduler._in_trouble({"epoch": 5, "val_acc": 0.6, "diverged": False})
+
+
+class _Member:
+    """What RecoveringPBT reads of a Tune trial."""
+
+    def __init__(self, name: str) -> None:
+        self.experiment_tag = name
+        self.checkpoint = f"{name}-latest"
+        self.status = "RUNNING"
+
+
+def _report(epoch: int, val_acc: float, diverged: bool = False) -> dict:
+    return {"epoch": epoch, "training_iteration": epoch, "val_acc": val_acc, "diverged": diverged}
+
+
+def _rescuer(monkeypatch):
+    """A scheduler for 7 classes (interval 5) whose exploits are recorded, and two members it tracks."""
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers.pbt import _PBTTrialState
+
+    from workflows.pbt import make_scheduler
+
+    scheduler = make_scheduler(perturbation_interval=5, seed=0, num_classes=7)
+    exploits = []
+    monkeypatch.setattr(scheduler, "_exploit", lambda controller, trial, donor: exploits.append((trial, donor)))
+    monkeypatch.setattr(PopulationBasedTraining, "on_trial_result", lambda *args: "CONTINUE")
+    sick, healthy = _Member("sick"), _Member("healthy")
+    for member in (sick, healthy):
+        scheduler._trial_state[member] = _PBTTrialState(member)
+    return scheduler, exploits, sick, healthy
+
+
+def test_a_member_that_diverged_before_any_donor_is_replaced_at_its_next_report_while_at_chance(monkeypatch):
+    scheduler, exploits, sick, healthy = _rescuer(monkeypatch)
+    scheduler.on_trial_result(None, sick, _report(1, 0.14, diverged=True))  # nobody has reported: no donor
+    assert exploits == []
+    scheduler.on_trial_result(None, healthy, _report(1, 0.70))
+    # Epoch 2 is finite again but still at chance, inside the first interval: still the diverged weights.
+    assert scheduler.on_trial_result(None, sick, _report(2, 0.15)) == "NOOP"
+    assert exploits == [(sick, healthy)]
+    # Replaced: an early low score is no longer trouble before the first interval ends.
+    scheduler.on_trial_result(None, sick, _report(3, 0.15))
+    assert len(exploits) == 1
+
+
+def test_a_member_that_climbed_above_chance_after_diverging_is_left_alone(monkeypatch):
+    scheduler, exploits, sick, healthy = _rescuer(monkeypatch)
+    scheduler.on_trial_result(None, sick, _report(1, 0.14, diverged=True))
+    scheduler.on_trial_result(None, sick, _report(2, 0.50))  # recovered by itself
+    scheduler.on_trial_result(None, healthy, _report(1, 0.70))
+    scheduler.on_trial_result(None, sick, _report(3, 0.15))
+    assert exploits == [], "inside the first interval a low score alone is not trouble"
