@@ -192,8 +192,9 @@ def build_ray_datasets(
 ) -> dict:
     """Normalise the given splits and materialise them in the object store; ``train`` gets a shuffled block order.
 
-    Call this once per experiment and hand the result to every trainer: the expensive part runs here. Each epoch
-    re-runs only the block shuffle; the workers shuffle rows locally and augment with :class:`D4Collate`.
+    Call this once per experiment and hand the result to every trainer: the expensive part runs here. A pass re-runs
+    only the block shuffle; the workers shuffle rows locally, keep a small shard in memory after the first epoch
+    (:mod:`workflows.shard_cache`) and augment with :class:`D4Collate`.
 
     Args:
         dataset: The validated dataset.
