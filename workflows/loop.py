@@ -347,25 +347,9 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     if not cfg.use_gpu:
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
 
-    # 1. Seed: the same initial weights on every worker (DDP also broadcasts rank 0's).
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed + rank)
-
-    # 2. Build, and check the model before spending any time on it.
-    model, model_cfg = build_model(metadata, cfg)
-    optimizer = build_optimizer(model, cfg)
-    _preflight(model, optimizer, model_cfg, cfg.seed)
-    model = ray.train.torch.prepare_model(model)
-    device = ray.train.torch.get_device()
-
+    model, model_cfg, optimizer, device = _build_worker_model(metadata, cfg, rank)
     # 3. Restore: Ray's own checkpoint after a worker failure wins over the one we were started from.
-    epoch, done_commands = 0, 0
-    ray_source = _ray_checkpoint_source()
-    if ray_source is not None:
-        with ray_source as directory:
-            epoch, done_commands, _ = _restore(model, optimizer, directory)
-    elif config.get("resume_from"):
-        epoch, _, _ = _restore(model, optimizer, config["resume_from"])
+    epoch, done_commands = _restore_start(model, optimizer, config.get("resume_from"))
 
     # 4. Re-apply the mutated hyperparameters: loading optimizer state brought back the donor's.
     apply_to_optimizer(optimizer, cfg)
@@ -373,12 +357,11 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     # freshly seeded state for that.
     fresh = (copy.deepcopy(_unwrap(model).state_dict()), copy.deepcopy(optimizer.state_dict())) if control else None
 
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    eval_loss_fn = nn.CrossEntropyLoss()
     agree = functools.partial(_all_agree, device=device)
-    train_shard = CachedShard(ray.train.get_dataset_shard("train"), agree=agree)
-    val_shard = CachedShard(ray.train.get_dataset_shard("val"))
-    per_worker_batch = max(1, cfg.batch_size // world)
+    shards = (
+        CachedShard(ray.train.get_dataset_shard("train"), agree=agree),
+        CachedShard(ray.train.get_dataset_shard("val")),
+    )
     first = True
 
     # 5. Loop and report: one epoch per command (or per pass, without a control folder).
@@ -387,28 +370,12 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         if command.get("stop"):
             return
         done_commands += 1
-        if command.get("fresh") and fresh is not None:
-            _unwrap(model).load_state_dict(fresh[0])
-            optimizer.load_state_dict(fresh[1])
-            epoch = 0
-        loaded_metrics = None
-        if command.get("load"):
-            epoch, _, loaded_metrics = _restore(model, optimizer, command["load"])
-        if command.get("hyper"):
-            cfg = cfg.replace(**command["hyper"])
-        apply_to_optimizer(optimizer, cfg)
+        epoch, cfg, loaded_metrics = _apply_command(command, model, optimizer, fresh, epoch, cfg)
         started = time.perf_counter()
         trains = epoch < cfg.epochs  # a member handed a final checkpoint only evaluates it
         if trains:
             epoch += 1
-            augment = D4Collate(seed=(cfg.seed * 1_000_003 + epoch) * 1009 + rank, augment=cfg.augment)
-            rows = train_shard.batches(
-                per_worker_batch,
-                shuffle_seed=cfg.seed * 1_000_003 + epoch,
-                shuffle_buffer=SHUFFLE_BATCHES * per_worker_batch,
-            )
-            local = train_epoch(model, optimizer, loss_fn, map(augment, rows), cfg.clip_norm, device)
-            metrics = _epoch_report(model, eval_loss_fn, val_shard, metadata, local, epoch, cfg, rank, world, device)
+            metrics = _train_and_validate(model, optimizer, shards, metadata, cfg, epoch, rank, world, device)
         elif loaded_metrics:
             # Handed a final checkpoint (an exploit at the donor's last epoch): its epoch's report, with our settings.
             metrics = {**loaded_metrics, **reported_values(cfg)}
@@ -426,10 +393,7 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
                 "optimizer": optimizer.state_dict(),
                 "epoch": epoch,
                 "command": done_commands,
-                "band_stats": stats.to_dict(),
-                "model_config": model_cfg.to_dict(),
-                "train_config": cfg.to_dict(),
-                "metadata": metadata.to_json(),
+                **_run_facts(stats, model_cfg, cfg, metadata),
                 "metrics": metrics,
             }
         _save_and_report(metrics, state, with_checkpoint, rank)
@@ -437,6 +401,104 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
             if rank == 0:
                 log.debug("stopping after epoch %d: the caller asked", epoch)
             return
+
+
+def _apply_command(
+    command: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    fresh: tuple[dict, dict] | None,
+    epoch: int,
+    cfg: TrainConfig,
+) -> tuple[int, TrainConfig, dict[str, Any] | None]:
+    """Carry out a command's ``fresh`` (start over), ``load`` (a checkpoint) and ``hyper`` (mutated values) parts.
+
+    Returns:
+        The epoch reached, the settings to train on, and the loaded checkpoint's metrics (None without ``load``).
+    """
+    if command.get("fresh") and fresh is not None:
+        _unwrap(model).load_state_dict(fresh[0])
+        optimizer.load_state_dict(fresh[1])
+        epoch = 0
+    loaded_metrics = None
+    if command.get("load"):
+        epoch, _, loaded_metrics = _restore(model, optimizer, command["load"])
+    if command.get("hyper"):
+        cfg = cfg.replace(**command["hyper"])
+    apply_to_optimizer(optimizer, cfg)
+    return epoch, cfg, loaded_metrics
+
+
+def _train_and_validate(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    shards: tuple[CachedShard, CachedShard],
+    metadata: PatchMetadata,
+    cfg: TrainConfig,
+    epoch: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Train epoch number ``epoch`` (from 1) on this worker's training shard, validate; returns the global metrics."""
+    train_shard, val_shard = shards
+    per_worker_batch = max(1, cfg.batch_size // world)
+    augment = D4Collate(seed=(cfg.seed * 1_000_003 + epoch) * 1009 + rank, augment=cfg.augment)
+    rows = train_shard.batches(
+        per_worker_batch,
+        shuffle_seed=cfg.seed * 1_000_003 + epoch,
+        shuffle_buffer=SHUFFLE_BATCHES * per_worker_batch,
+    )
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    local = train_epoch(model, optimizer, loss_fn, map(augment, rows), cfg.clip_norm, device)
+    return _epoch_report(model, nn.CrossEntropyLoss(), val_shard, metadata, local, epoch, cfg, rank, world, device)
+
+
+def _build_worker_model(
+    metadata: PatchMetadata, cfg: TrainConfig, rank: int
+) -> tuple[nn.Module, ResNetConfig, torch.optim.Optimizer, torch.device]:
+    """Seed, build and check the model and its optimizer, then hand the model to Ray Train (DDP, device).
+
+    Returns:
+        The prepared model, its config, the optimizer and the training device.
+    """
+    import ray.train.torch
+
+    # 1. Seed: the same initial weights on every worker (DDP also broadcasts rank 0's).
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed + rank)
+    # 2. Build, and check the model before spending any time on it.
+    model, model_cfg = build_model(metadata, cfg)
+    optimizer = build_optimizer(model, cfg)
+    _preflight(model, optimizer, model_cfg, cfg.seed)
+    return ray.train.torch.prepare_model(model), model_cfg, optimizer, ray.train.torch.get_device()
+
+
+def _restore_start(model: nn.Module, optimizer: torch.optim.Optimizer, resume_from: str | None) -> tuple[int, int]:
+    """Load the state a run starts from: Ray's own checkpoint after a worker failure, else ``resume_from``.
+
+    Returns:
+        The epoch reached and the number of commands done (0 and 0 for a fresh start).
+    """
+    ray_source = _ray_checkpoint_source()
+    if ray_source is not None:
+        with ray_source as directory:
+            epoch, done_commands, _ = _restore(model, optimizer, directory)
+        return epoch, done_commands
+    if resume_from:
+        epoch, _, _ = _restore(model, optimizer, resume_from)
+        return epoch, 0
+    return 0, 0
+
+
+def _run_facts(stats: BandStats, model_cfg: ResNetConfig, cfg: TrainConfig, metadata: PatchMetadata) -> dict[str, Any]:
+    """What a checkpoint carries besides the weights, so that a bundle can be rebuilt from it alone."""
+    return {
+        "band_stats": stats.to_dict(),
+        "model_config": model_cfg.to_dict(),
+        "train_config": cfg.to_dict(),
+        "metadata": metadata.to_json(),
+    }
 
 
 def _epoch_report(

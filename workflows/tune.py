@@ -26,7 +26,7 @@ from ray import tune
 
 from data import DEFAULT_DATASET_DIR
 from data.atomic import check_creatable
-from data.format import PatchFormatError, read_dataset
+from data.format import PatchDataset, PatchFormatError, read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
 from workflows.baselines import format_test_summary, run_baselines
 from workflows.bundle import export_bundle
@@ -249,11 +249,54 @@ def build_pbt_record(member_logs: dict[str, list[dict[str, Any]]], args: argpars
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or resume) the experiment and write its outputs; returns the test metrics of the shipped ensemble.
 
+    The steps follow the data flow: the experiment's flags, the dataset and its statistics, the members' shared
+    training settings, Tune's population, then the shipped ensemble's test, bundle and report.
+
     Raises:
         PatchFormatError: The dataset is invalid.
         ValueError: A flag has an impossible value.
         FileExistsError: The results folder already holds results and neither --resume nor --overwrite was given.
     """
+    results = _experiment(args)
+    dataset = read_dataset(args.data)
+    stats = compute_band_stats(dataset.train.pixels)
+    connect(args.address, args.num_cpus)
+    base, concurrent = _member_config(args)
+    results.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        body = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        write_json_atomic(results / EXPERIMENT_FILE, body)
+        write_config(results / CONFIG_FILE, build_parser(), args)  # the experiment as a file --config takes
+    print(
+        f"PBT: {args.population} members x {args.epochs} epochs, perturbation every {args.perturbation_interval}, "
+        f"{concurrent} at a time, {args.workers_per_trial} worker(s) x {base.cpus_per_worker:g} CPU each; "
+        f"data {args.data} ({len(dataset.train)} train patches); results {results}",
+        flush=True,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            PBTMember,
+            base=base.to_dict(),
+            metadata_json=dataset.metadata.to_json(),
+            stats=stats.to_dict(),
+            datasets=build_ray_datasets(dataset, stats),
+            storage_path=str(results / TRAIN_RUNS_DIR),
+            log_dir=str(results / MEMBER_LOGS_DIR),
+        ),
+        {"cpu": TRIAL_FUNCTION_CPUS},
+    )
+    (results / MEMBER_LOGS_DIR).mkdir(parents=True, exist_ok=True)
+    tuner = _make_tuner(args, trainable, base, concurrent, dataset.metadata.num_classes, results)
+    apply_tune_settings()
+    quiet_tune_timing_notes()
+    started = time.perf_counter()
+    grid = tuner.fit()
+    elapsed = time.perf_counter() - started
+    return _ship(args, grid, dataset, results, elapsed)
+
+
+def _experiment(args: argparse.Namespace) -> Path:
+    """The results folder, with ``args`` completed from the saved experiment on --resume (and checked)."""
     results = _results_folder(args)
     if args.resume:
         saved = results / EXPERIMENT_FILE
@@ -269,10 +312,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if (results / TUNE_DIR).exists() and not args.overwrite:
             raise FileExistsError(f"{results}: already holds an experiment; pass --resume, --overwrite or --results")
     _validate(args)
+    return results
 
-    dataset = read_dataset(args.data)
-    stats = compute_band_stats(dataset.train.pixels)
-    connect(args.address, args.num_cpus)
+
+def _member_config(args: argparse.Namespace) -> tuple[TrainConfig, int]:
+    """The members' shared training settings, sized to the connected cluster, and how many members run at once."""
     if args.gpu and cluster_gpus() < args.workers_per_trial:
         raise ValueError(f"--gpu needs {args.workers_per_trial} GPUs per member; the cluster has {cluster_gpus():.0f}")
     share, concurrent = size_members(cluster_cpus(), args.population, args.workers_per_trial, args.cpus_per_worker)
@@ -296,78 +340,57 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         checkpoint_every=1,
         keep_checkpoints=2,
     )
-    results.mkdir(parents=True, exist_ok=True)
-    if not args.resume:
-        body = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        write_json_atomic(results / EXPERIMENT_FILE, body)
-        write_config(results / CONFIG_FILE, build_parser(), args)  # the experiment as a file --config takes
-    print(
-        f"PBT: {args.population} members x {args.epochs} epochs, perturbation every {args.perturbation_interval}, "
-        f"{concurrent} at a time, {args.workers_per_trial} worker(s) x {share:g} CPU each; "
-        f"data {args.data} ({len(dataset.train)} train patches); results {results}",
-        flush=True,
+    return base, concurrent
+
+
+def _make_tuner(
+    args: argparse.Namespace, trainable: Any, base: TrainConfig, concurrent: int, num_classes: int, results: Path
+) -> tune.Tuner:
+    """Tune's population: restored from ``results`` on --resume, else a new grid of members under PBT."""
+    if args.resume:
+        return tune.Tuner.restore(str(results / TUNE_DIR), trainable=trainable, resume_errored=True)
+    options = PopulationOptions(unstable=not args.stable_start, lr_range=tuple(args.initial_lr_range), base=base)
+    members = initial_population(args.population, options)
+    scheduler = make_scheduler(args.perturbation_interval, args.seed, num_classes, args.metric, args.mode)
+    return tune.Tuner(
+        trainable,
+        param_space={
+            MEMBER_KEY: tune.grid_search(list(range(args.population))),
+            **{name: tune.sample_from(lambda config, n=name: members[config[MEMBER_KEY]][n]) for name in NAMES},
+        },
+        tune_config=tune.TuneConfig(
+            # The population's grid; finished only when every member has ended, so Tune keeps members' processes.
+            search_alg=PopulationSearch(max_concurrent=concurrent),
+            scheduler=scheduler,
+            # A member keeps its process, and its TorchTrainer, across exploits (workflows/pbt.py).
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(results),
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_frequency=1,
+                checkpoint_at_end=True,
+                # Per member, 4.3 MB each here. A donor's checkpoint must outlive the exploit decision until the
+                # clone has loaded it: with the member's process kept that is the next second (epochs take
+                # 0.5-2 s), and a clone that needs a new process takes 5-10 s more.
+                num_to_keep=KEEP_TUNE_CHECKPOINTS,
+            ),
+            failure_config=tune.FailureConfig(max_failures=1),
+            # Tune's boxed tables (a box per report) drown the story; PopulationProgress prints a line instead.
+            verbose=0,
+            callbacks=[PopulationProgress(args.epochs, results / TENSORBOARD_DIR)],
+        ),
     )
 
-    datasets = build_ray_datasets(dataset, stats)
-    train_runs = results / TRAIN_RUNS_DIR
-    member_logs = results / MEMBER_LOGS_DIR
-    member_logs.mkdir(parents=True, exist_ok=True)
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            PBTMember,
-            base=base.to_dict(),
-            metadata_json=dataset.metadata.to_json(),
-            stats=stats.to_dict(),
-            datasets=datasets,
-            storage_path=str(train_runs),
-            log_dir=str(member_logs),
-        ),
-        {"cpu": TRIAL_FUNCTION_CPUS},
-    )
-    progress = PopulationProgress(args.epochs, results / TENSORBOARD_DIR)
-    if args.resume:
-        tuner = tune.Tuner.restore(str(results / TUNE_DIR), trainable=trainable, resume_errored=True)
-    else:
-        options = PopulationOptions(unstable=not args.stable_start, lr_range=tuple(args.initial_lr_range), base=base)
-        members = initial_population(args.population, options)
-        scheduler = make_scheduler(
-            args.perturbation_interval, args.seed, dataset.metadata.num_classes, args.metric, args.mode
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space={
-                MEMBER_KEY: tune.grid_search(list(range(args.population))),
-                **{name: tune.sample_from(lambda config, n=name: members[config[MEMBER_KEY]][n]) for name in NAMES},
-            },
-            tune_config=tune.TuneConfig(
-                # The population's grid; finished only when every member has ended, so Tune keeps members' processes.
-                search_alg=PopulationSearch(max_concurrent=concurrent),
-                scheduler=scheduler,
-                # A member keeps its process, and its TorchTrainer, across exploits (workflows/pbt.py).
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=TUNE_DIR,
-                storage_path=str(results),
-                checkpoint_config=tune.CheckpointConfig(
-                    checkpoint_frequency=1,
-                    checkpoint_at_end=True,
-                    # Per member, 4.3 MB each here. A donor's checkpoint must outlive the exploit decision until the
-                    # clone has loaded it: with the member's process kept that is the next second (epochs take
-                    # 0.5-2 s), and a clone that needs a new process takes 5-10 s more.
-                    num_to_keep=KEEP_TUNE_CHECKPOINTS,
-                ),
-                failure_config=tune.FailureConfig(max_failures=1),
-                # Tune's boxed tables (a box per report) drown the story; PopulationProgress prints a line instead.
-                verbose=0,
-                callbacks=[progress],
-            ),
-        )
-    apply_tune_settings()
-    quiet_tune_timing_notes()
-    started = time.perf_counter()
-    grid = tuner.fit()
-    elapsed = time.perf_counter() - started
+
+def _ship(args: argparse.Namespace, grid: Any, dataset: PatchDataset, results: Path, elapsed: float) -> dict[str, Any]:
+    """Test the final population's healthy members as an ensemble, bundle it, write the records and say so.
+
+    Raises:
+        ExperimentInterrupted: A member has not reached the last epoch (the fit was stopped).
+        RuntimeError: No member left a checkpoint.
+    """
     errors = [str(e).splitlines()[0] for e in grid.errors]
     unfinished = [r for r in grid if r.error is None and (r.metrics or {}).get("epoch", 0) < args.epochs]
     if unfinished:
@@ -397,10 +420,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             extra={"test_metrics": summary, "trial": best_trial},
             overwrite=True,
         )
-    record = build_pbt_record(read_member_logs(member_logs), args, best_trial)
+    record = build_pbt_record(read_member_logs(results / MEMBER_LOGS_DIR), args, best_trial)
     write_json_atomic(results / PBT_FILE, record)
     written = write_report(record, metrics, results / REPORT_DIR)
-    remove_train_runs(train_runs)
+    remove_train_runs(results / TRAIN_RUNS_DIR)
 
     diverged = sum(1 for t in record["trials"].values() if t["final"]["diverged"])
     exploits = sum(len(t["exploits"]) for t in record["trials"].values())
