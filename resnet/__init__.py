@@ -3,9 +3,9 @@
 from typing import Any
 
 from resnet.config import ResNetConfig
-from resnet.model import ResNet
+from resnet.model import ResNet, unwrap
 
-__all__ = ["PreflightError", "ResNet", "ResNetConfig", "check"]
+__all__ = ["PreflightError", "ResNet", "ResNetConfig", "check", "unwrap"]
 
 
 def __getattr__(name: str) -> Any:

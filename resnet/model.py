@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from resnet.config import ResNetConfig
 
@@ -127,3 +128,10 @@ class ResNet(nn.Module):
         x = self.layer2(x)  # (N, C, H, W)
         x = self.layer3(x)  # (N, 2C, ceil(H/2), ceil(W/2))
         return self.head(x)  # (N, num_classes)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside DDP / DataParallel / ``torch.compile`` wrappers (the one whose weights are saved)."""
+    while isinstance(model, (DistributedDataParallel, DataParallel)):
+        model = model.module
+    return getattr(model, "_orig_mod", model)

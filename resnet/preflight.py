@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
-from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from resnet.config import ResNetConfig
-from resnet.model import ResNet
+from resnet.model import ResNet, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ def check(
         PreflightError: A check failed; the message says which module or parameter and why.
     """
     start = time.perf_counter()
-    module = _unwrap(model)
+    module = unwrap(model)
     if num_classes is None:
         num_classes = getattr(getattr(module, "config", None), "num_classes", None)
     snapshot = _Snapshot(module)
@@ -90,13 +89,6 @@ def check(
         log.warning("preflight: %s", note)
     log.info(summary)
     return "; ".join([summary, *notes])
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DDP / DataParallel / torch.compile wrappers."""
-    while isinstance(model, (DistributedDataParallel, DataParallel)):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
 
 
 class _Snapshot:

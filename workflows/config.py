@@ -38,7 +38,7 @@ class TrainConfig:
         use_gpu: Put each worker on a GPU.
         cpus_per_worker: CPUs reserved by each worker; also its torch thread count.
         channels: Width of the ResNet (stem channels).
-        dropout: Dropout at the end of each residual block and in the head.
+        dropout: Dropout at the end of each residual block (the head has its own, ``ResNetConfig.head_dropout``).
         checkpoint_every: Report a checkpoint every this many epochs (PBT aligns its perturbation interval).
         keep_checkpoints: How many checkpoints Ray keeps (the best by validation accuracy).
         augment: Training augmentation group, one of ``AUGMENTATIONS``: ``d4`` (all 8 flips and rotations; the

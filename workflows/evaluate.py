@@ -21,8 +21,8 @@ import torch
 from data.atomic import write_file_atomic
 from data.format import PatchMetadata, PatchSplit
 from data.pipeline import DEFAULT_AUGMENTATION, BandStats, augmentation_elements, d4_transform, normalise
-from resnet import ResNet, ResNetConfig
-from workflows.loop import load_checkpoint
+from resnet import ResNet
+from training.checkpoint import load_checkpoint, model_from_state
 
 TEST_METRICS_FILE = "test_metrics.json"
 PREDICT_BATCH_SIZE = 1024
@@ -54,13 +54,6 @@ def tta_views(train_config: Mapping[str, Any] | None, metadata: PatchMetadata) -
     """
     name = (train_config or {}).get("augment", DEFAULT_AUGMENTATION)
     return name, augmentation_elements(name, square=metadata.height == metadata.width)
-
-
-def model_from_state(state: dict[str, Any]) -> ResNet:
-    """Rebuild the network of a checkpoint or bundle state, in eval mode."""
-    model = ResNet(ResNetConfig.from_dict(state["model_config"]))
-    model.load_state_dict(state["model"])
-    return model.eval()
 
 
 def _normalised_batches(pixels: np.ndarray, stats: BandStats) -> Iterator[np.ndarray]:

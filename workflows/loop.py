@@ -25,10 +25,10 @@ import torch.distributed as dist
 from torch import nn
 
 from data.format import PatchMetadata
-from data.messages import torch_load_failure
 from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats, D4Collate
-from resnet import ResNet, ResNetConfig
+from resnet import ResNet, ResNetConfig, unwrap
 from resnet.preflight import check as preflight_check
+from training.checkpoint import load_checkpoint, run_facts, save_checkpoint, training_state
 from workflows.config import TrainConfig
 from workflows.hyperparams import apply_to_optimizer, reported_values
 from workflows.ray_private import quiet_worker_logs
@@ -36,7 +36,6 @@ from workflows.shard_cache import CachedShard, as_tensors
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
 # Finite stand-in for a loss or norm that is NaN or infinite (the raw value cannot travel to Tune).
 SENTINEL = 1e6
 # An epoch counts as diverged when more than this share of its steps were skipped as non-finite...
@@ -67,36 +66,6 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write a training state (tensors and plain Python values only) to ``directory``."""
-    path = Path(directory) / CHECKPOINT_FILE
-    torch.save(state, path)
-    return path
-
-
-def load_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read a training state written by :func:`save_checkpoint`, without unpickling arbitrary objects.
-
-    Raises:
-        ValueError: The folder holds no checkpoint, or it is not one of ours.
-    """
-    path = Path(directory) / CHECKPOINT_FILE
-    if not path.is_file():
-        raise ValueError(f"{directory}: no {CHECKPOINT_FILE} in this checkpoint folder")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure to unpickle means the file is not usable
-        raise ValueError(torch_load_failure(path, err, "checkpoint")) from None
-    missing = {"model", "optimizer", "epoch", "band_stats", "model_config", "metadata"} - set(state)
-    if missing:
-        raise ValueError(f"{path}: checkpoint lacks {', '.join(sorted(missing))}")
-    return state
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
 
 
 def _distributed() -> bool:
@@ -262,7 +231,7 @@ def _placement_group_hex() -> str:
 def _restore(model: nn.Module, optimizer: torch.optim.Optimizer, source: str) -> tuple[int, int, dict | None]:
     """Load model and optimizer state from a checkpoint folder; returns its epoch, command number and metrics."""
     state = load_checkpoint(source)
-    _unwrap(model).load_state_dict(state["model"])
+    unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["epoch"]), int(state.get("command", 0)), state.get("metrics")
 
@@ -355,7 +324,7 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     apply_to_optimizer(optimizer, cfg)
     # A long-lived member may be handed to a trial that starts from scratch (Tune reuses its process): keep the
     # freshly seeded state for that.
-    fresh = (copy.deepcopy(_unwrap(model).state_dict()), copy.deepcopy(optimizer.state_dict())) if control else None
+    fresh = (copy.deepcopy(unwrap(model).state_dict()), copy.deepcopy(optimizer.state_dict())) if control else None
 
     agree = functools.partial(_all_agree, device=device)
     shards = (
@@ -388,14 +357,8 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         with_checkpoint = control is not None or epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
         state = None
         if with_checkpoint and rank == 0:
-            state = {
-                "model": _unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "command": done_commands,
-                **_run_facts(stats, model_cfg, cfg, metadata),
-                "metrics": metrics,
-            }
+            facts = run_facts(stats, model_cfg, cfg.to_dict(), metadata)
+            state = training_state(model, optimizer, epoch, done_commands, facts, metrics)
         _save_and_report(metrics, state, with_checkpoint, rank)
         if stop_requested(config.get("stop_file"), rank, device):
             if rank == 0:
@@ -417,7 +380,7 @@ def _apply_command(
         The epoch reached, the settings to train on, and the loaded checkpoint's metrics (None without ``load``).
     """
     if command.get("fresh") and fresh is not None:
-        _unwrap(model).load_state_dict(fresh[0])
+        unwrap(model).load_state_dict(fresh[0])
         optimizer.load_state_dict(fresh[1])
         epoch = 0
     loaded_metrics = None
@@ -491,16 +454,6 @@ def _restore_start(model: nn.Module, optimizer: torch.optim.Optimizer, resume_fr
     return 0, 0
 
 
-def _run_facts(stats: BandStats, model_cfg: ResNetConfig, cfg: TrainConfig, metadata: PatchMetadata) -> dict[str, Any]:
-    """What a checkpoint carries besides the weights, so that a bundle can be rebuilt from it alone."""
-    return {
-        "band_stats": stats.to_dict(),
-        "model_config": model_cfg.to_dict(),
-        "train_config": cfg.to_dict(),
-        "metadata": metadata.to_json(),
-    }
-
-
 def _epoch_report(
     model: nn.Module,
     eval_loss_fn: nn.Module,
@@ -517,7 +470,7 @@ def _epoch_report(
     val_batches = as_tensors(val_shard.batches(EVAL_BATCH_SIZE), device)
     # The bare module: DDP's forward would broadcast buffers, a collective the other workers do not join.
     val_loss_sum, val_count, confusion = evaluate_shard(
-        _unwrap(model), eval_loss_fn, val_batches, metadata.num_classes, rank, world
+        unwrap(model), eval_loss_fn, val_batches, metadata.num_classes, rank, world
     )
     summed = _all_reduce(
         [local["loss_sum"], local["samples"], val_loss_sum, val_count, *confusion.ravel()],

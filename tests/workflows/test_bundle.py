@@ -16,6 +16,7 @@ from data.format import PatchMetadata
 from data.pipeline import augmentation_elements, compute_band_stats, d4_transform, normalise
 from data.synthetic import generate
 from resnet import ResNet, ResNetConfig
+from training.checkpoint import load_checkpoint, save_checkpoint
 from workflows.bundle import (
     INFO_FILE,
     LEGACY_MODE,
@@ -28,7 +29,6 @@ from workflows.bundle import (
     member_file,
 )
 from workflows.evaluate import model_from_state, predict_probabilities
-from workflows.loop import load_checkpoint, save_checkpoint
 
 COUNTS = {"train": 70, "val": 14, "test": 28}
 CHANNELS = 16  # small and quick; the format does not depend on the width

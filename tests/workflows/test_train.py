@@ -12,9 +12,9 @@ import pytest
 from data import DEFAULT_DATASET_DIR
 from data.format import read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
+from training.checkpoint import load_checkpoint
 from workflows.config import TrainConfig
 from workflows.launch import run_training, unique_run_name
-from workflows.loop import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"channels": 32, "num_workers": 2, "batch_size": 64, "seed": 0}
