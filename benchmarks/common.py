@@ -2,7 +2,7 @@
 
 The fixed ResNet is trained here the way a Ray Train worker trains it, minus Ray: band statistics from the training
 split, normalised pixels, a random D4 element per patch (:class:`data.pipeline.D4Collate`), the optimizer from
-:func:`workflows.loop.build_optimizer` and the health-guarded step of :func:`workflows.loop.train_epoch` (skip
+:func:`training.loop.build_optimizer` and the health-guarded step of :func:`training.loop.train_epoch` (skip
 non-finite steps, clip to ``grad_clip``). The original model of the seed story goes through an unguarded loop, as
 its user ran it.
 """
@@ -24,9 +24,9 @@ from torch import nn
 from data.format import PatchDataset, PatchSplit, stratified_split
 from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats, D4Collate, compute_band_stats, normalise
 from resnet import ResNet, ResNetConfig
-from workflows.config import TrainConfig
-from workflows.evaluate import classification_metrics
-from workflows.loop import EVAL_BATCH_SIZE, build_optimizer, train_epoch
+from serving.evaluate import classification_metrics
+from training.config import TrainConfig
+from training.loop import EVAL_BATCH_SIZE, build_optimizer, train_epoch
 
 CPU = torch.device("cpu")
 
@@ -127,7 +127,7 @@ def fit_epoch(
         loss_fn: The loss to optimise.
         batches: Training batches from :func:`iterate_batches`.
         clip_norm: Gradient-norm clip (guarded pass only); None disables it.
-        guarded: Use the project's health-guarded step (:func:`workflows.loop.train_epoch`); false runs
+        guarded: Use the project's health-guarded step (:func:`training.loop.train_epoch`); false runs
             :func:`unguarded_epoch`.
 
     Returns:
@@ -199,7 +199,7 @@ class TrainResult:
             ``train_loss``, ``train_acc``, ``val_acc`` (NaN when validation is off), ``skipped``, ``seconds``
             (training pass only).
         best_epoch: Epoch whose weights were evaluated on test (the best by validation accuracy, or the last).
-        test: :func:`workflows.evaluate.classification_metrics` on the test split.
+        test: :func:`serving.evaluate.classification_metrics` on the test split.
         parameters: Trainable parameter count.
     """
 
@@ -210,7 +210,7 @@ class TrainResult:
 
 
 def build_resnet(dataset: PatchDataset, cfg: TrainConfig, upsample_to: int | None = None) -> ResNet:
-    """The fixed ResNet for a dataset's shape with the run's width and dropout (as ``workflows.loop`` builds it)."""
+    """The fixed ResNet for a dataset's shape with the run's width and dropout (as ``training.loop`` builds it)."""
     config = ResNetConfig.from_metadata(
         dataset.metadata, channels=cfg.channels, dropout=cfg.dropout, upsample_to=upsample_to
     )

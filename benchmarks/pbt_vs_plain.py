@@ -1,9 +1,9 @@
 """Print the wall time of the PBT main job (workflows/tune.py) beside the same schedule as a plain PyTorch loop.
 
 First the real job runs: ``workflows.tune.run`` with its default flags (``--quick``: ``--smoke-test``) on a local
-2-CPU Ray cluster that this script starts. Then the same members (``workflows.pbt.initial_population``), epochs,
+2-CPU Ray cluster that this script starts. Then the same members (``tuning.pbt.initial_population``), epochs,
 data, batch size and per-member ``lr``/``grad_clip`` train one after another in this process, without Ray, with the
-same health guards (``workflows.loop.train_epoch``) and a validation pass every epoch. PBT's exploits are replayed
+same health guards (``training.loop.train_epoch``) and a validation pass every epoch. PBT's exploits are replayed
 from the job's ``pbt.json``: before the epoch after an exploit, the member takes the donor's model and optimizer
 state at the donor epoch (every epoch, as the members checkpoint every epoch) and then its mutated ``lr``
 and ``grad_clip``, epoch for epoch as the job reported them. A member waits (another trains first) until its donor
@@ -35,12 +35,11 @@ from torch import nn
 
 from data.format import PatchDataset, read_dataset
 from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, D4Collate, compute_band_stats, normalise
-from workflows import tune as tune_job
-from workflows.cluster import connect
-from workflows.config import GRAD_CLIP, LR, TrainConfig
-from workflows.evaluate import predict_probabilities
-from workflows.hyperparams import PopulationOptions, apply_to_optimizer, initial_population
-from workflows.loop import (
+from serving.evaluate import predict_probabilities
+from training.cluster import connect
+from training.config import GRAD_CLIP, LR, TrainConfig
+from training.hyperparams import PopulationOptions, apply_to_optimizer, initial_population
+from training.loop import (
     EVAL_BATCH_SIZE,
     build_model,
     build_optimizer,
@@ -48,6 +47,7 @@ from workflows.loop import (
     evaluate_shard,
     train_epoch,
 )
+from workflows import tune as tune_job
 
 CPUS = 2  # the cluster this script starts, and the plain loop's torch threads
 TARGET_RATIO = 1.8  # the issue's target for Ray wall time / plain wall time...

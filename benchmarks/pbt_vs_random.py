@@ -43,11 +43,11 @@ if __package__ in (None, ""):
 from benchmarks.pbt_vs_plain import Member, Row, plain_pbt, start_ray  # noqa: E402
 from data import DEFAULT_DATASET_DIR  # noqa: E402
 from data.format import PatchDataset, PatchFormatError, read_dataset  # noqa: E402
+from serving.evaluate import evaluate_checkpoint  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.hyperparams import CLIP_CHOICES, INITIAL_LR_RANGE  # noqa: E402
+from tuning.pbt import TRIAL_FOLDER_GLOB  # noqa: E402
 from workflows import tune as tune_job  # noqa: E402
-from workflows.config import TrainConfig  # noqa: E402
-from workflows.evaluate import evaluate_checkpoint  # noqa: E402
-from workflows.hyperparams import CLIP_CHOICES, INITIAL_LR_RANGE  # noqa: E402
-from workflows.pbt import TRIAL_FOLDER_GLOB  # noqa: E402
 
 # A member whose final test accuracy is below this multiple of chance failed to learn.
 FAILED_FACTOR = 2.0

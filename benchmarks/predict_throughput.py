@@ -22,8 +22,8 @@ from data.format import read_split, write_split
 from data.pipeline import compute_band_stats
 from data.synthetic import generate
 from resnet import ResNet, ResNetConfig
+from serving.bundle import export_bundle, load_bundle
 from training.checkpoint import save_checkpoint
-from workflows.bundle import export_bundle, load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "workflows" / "predict.py"

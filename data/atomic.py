@@ -9,6 +9,7 @@ path cannot wipe unrelated work.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -170,3 +171,9 @@ def _swap_in(tmp: Path, folder: Path) -> None:
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json_atomic(path: str | os.PathLike, body: Any) -> Path:
+    """Write JSON to a temporary file in the same folder and rename it over ``path`` (mode as the umask gives)."""
+    text = json.dumps(body, indent=2, sort_keys=False) + "\n"
+    return write_file_atomic(path, lambda handle: handle.write(text.encode()))

@@ -1,5 +1,6 @@
-"""The training stage's library: what a Ray Train run writes and reads back.
+"""The training stage: one Ray Train run of the ResNet on a dataset's Ray Data shards.
 
-Today it holds the checkpoint format (:mod:`training.checkpoint`); the worker loop, the run launcher and the
-training config still live in ``workflows/`` and move here with issue #14's package split.
+``config`` (the run's settings), ``hyperparams`` (the registry of the values PBT mutates), ``cluster`` (connecting
+to Ray), ``launch`` (starting a TorchTrainer and relaying its reports), ``loop`` (what every Train worker runs),
+``shard_cache`` (a worker's copy of a small shard) and ``checkpoint`` (the checkpoint format).
 """

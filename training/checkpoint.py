@@ -3,7 +3,7 @@
 A checkpoint folder holds ``checkpoint.pt``, a ``torch.save`` of a dict of tensors and plain Python values only (so
 it loads with ``weights_only=True``): the model's and optimizer's state, the epoch, the number of PBT commands done,
 and the facts a bundle needs to rebuild and feed the network without the run (band statistics, model and training
-config, dataset metadata), plus the epoch's metrics. Written by the worker loop (``workflows/loop.py``), read by
+config, dataset metadata), plus the epoch's metrics. Written by the worker loop (``training/loop.py``), read by
 resume and exploit there and by evaluation and the bundle export, which therefore need neither DDP nor Ray Train.
 """
 

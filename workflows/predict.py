@@ -39,9 +39,9 @@ from data.format import (
     write_table_atomic,
 )
 from data.messages import one_line
-from workflows.bundle import BundleError, check_compatible, load_bundle
-from workflows.cluster import cluster_cpus, connect
-from workflows.evaluate import PREDICT_BATCH_SIZE, classification_metrics
+from serving.bundle import BundleError, check_compatible, load_bundle
+from serving.evaluate import PREDICT_BATCH_SIZE, classification_metrics
+from training.cluster import cluster_cpus, connect
 from workflows.flags import positive_int
 
 PREDICTED_LABEL = "predicted_label"
@@ -221,7 +221,7 @@ def run_inference(
 ) -> pa.Table:
     """Classify a split on the connected Ray cluster with a pool of :class:`Predictor` actors; rows in input order.
 
-    ``ensemble`` and ``tta`` choose the prediction mode as in :meth:`workflows.bundle.Bundle.predict_probabilities`.
+    ``ensemble`` and ``tta`` choose the prediction mode as in :meth:`serving.bundle.Bundle.predict_probabilities`.
     """
     import ray.data
 

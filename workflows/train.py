@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from data import DEFAULT_DATASET_DIR
-from data.atomic import check_creatable
+from data.atomic import check_creatable, write_json_atomic
 from data.format import PatchFormatError, read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
-from workflows.baselines import format_test_summary, run_baselines
-from workflows.bundle import export_bundle
-from workflows.cluster import cluster_gpus, connect
-from workflows.config import AUGMENTATIONS, OPTIMIZERS, TrainConfig, reject_uri
-from workflows.evaluate import TEST_METRICS_FILE, VARIANT_METRICS, evaluate_members, write_json_atomic
+from serving.baselines import format_test_summary, run_baselines
+from serving.bundle import export_bundle
+from serving.evaluate import TEST_METRICS_FILE, VARIANT_METRICS, evaluate_members
+from training.cluster import cluster_gpus, connect
+from training.config import AUGMENTATIONS, OPTIMIZERS, TrainConfig, reject_uri
+from training.launch import run_training, unique_run_name
+from tuning.progress import TENSORBOARD_DIR, EpochCurves, report_line
 from workflows.flags import (
     grad_clip,
     non_negative_float,
@@ -31,8 +33,6 @@ from workflows.flags import (
     positive_int,
     unit_fraction,
 )
-from workflows.launch import run_training, unique_run_name
-from workflows.progress import TENSORBOARD_DIR, EpochCurves, report_line
 
 DEFAULTS = TrainConfig()
 HISTORY_FILE = "history.json"

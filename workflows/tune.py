@@ -25,24 +25,21 @@ from typing import Any
 from ray import tune
 
 from data import DEFAULT_DATASET_DIR
-from data.atomic import check_creatable
+from data.atomic import check_creatable, write_json_atomic
 from data.format import PatchDataset, PatchFormatError, read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
-from workflows.baselines import format_test_summary, run_baselines
-from workflows.bundle import export_bundle
-from workflows.cluster import cluster_cpus, cluster_gpus, connect
-from workflows.config import AUGMENTATIONS, OPTIMIZERS, TrainConfig, reject_uri
-from workflows.config_file import add_config_flags, parse_args, write_config
-from workflows.evaluate import (
+from serving.baselines import format_test_summary, run_baselines
+from serving.bundle import export_bundle
+from serving.evaluate import (
     TEST_METRICS_FILE,
     VARIANT_METRICS,
     evaluate_members,
     rank_members,
-    write_json_atomic,
 )
-from workflows.flags import non_negative_float, positive_float, positive_int, unit_fraction
-from workflows.hyperparams import INITIAL_LR_RANGE, MUTABLES, NAMES, PopulationOptions, initial_population
-from workflows.pbt import (
+from training.cluster import cluster_cpus, cluster_gpus, connect
+from training.config import AUGMENTATIONS, OPTIMIZERS, TrainConfig, reject_uri
+from training.hyperparams import INITIAL_LR_RANGE, MUTABLES, NAMES, PopulationOptions, initial_population
+from tuning.pbt import (
     MEMBER_KEY,
     METRIC,
     MODE,
@@ -51,9 +48,11 @@ from workflows.pbt import (
     read_member_logs,
     remove_train_runs,
 )
-from workflows.progress import TENSORBOARD_DIR, PopulationProgress
-from workflows.ray_private import PopulationSearch, apply_tune_settings, quiet_tune_timing_notes
-from workflows.report import format_summary, write_report
+from tuning.progress import TENSORBOARD_DIR, PopulationProgress
+from tuning.ray_private import PopulationSearch, apply_tune_settings, quiet_tune_timing_notes
+from tuning.report import format_summary, write_report
+from workflows.config_file import add_config_flags, parse_args, write_config
+from workflows.flags import non_negative_float, positive_float, positive_int, unit_fraction
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +361,7 @@ def _make_tuner(
             # The population's grid; finished only when every member has ended, so Tune keeps members' processes.
             search_alg=PopulationSearch(max_concurrent=concurrent),
             scheduler=scheduler,
-            # A member keeps its process, and its TorchTrainer, across exploits (workflows/pbt.py).
+            # A member keeps its process, and its TorchTrainer, across exploits (tuning/pbt.py).
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(

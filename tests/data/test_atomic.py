@@ -16,9 +16,9 @@ from data.atomic import (
     check_replaceable,
     write_file_atomic,
     write_folder_atomic,
+    write_json_atomic,
 )
 from data.format import write_dataset, write_split
-from workflows.evaluate import write_json_atomic
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from data import DEFAULT_DATASET_DIR
 from data.format import read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
 from training.checkpoint import load_checkpoint
-from workflows.config import TrainConfig
-from workflows.launch import run_training, unique_run_name
+from training.config import TrainConfig
+from training.launch import run_training, unique_run_name
 
 # A custom resource only the worker node has, so the test can tell the nodes apart.
 WORKER_RESOURCE = "satresnet_worker_node"

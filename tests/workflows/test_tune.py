@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from workflows.config import GRAD_CLIP, LR
+from training.config import GRAD_CLIP, LR
+from training.hyperparams import CLIP_CHOICES
 from workflows.config_file import parse_args
-from workflows.hyperparams import CLIP_CHOICES
 from workflows.tune import build_parser, run, size_members
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +73,7 @@ def test_diverging_member_is_exploited_and_continues_from_the_donor(experiment):
     assert not bad["final"]["diverged"]
     assert all(not t["final"]["diverged"] for t in trials.values())
     # Each member kept its one Train run (worker group) across the exploit: Ray 2.60's Tune caches the paused
-    # member's actor while the search is open (workflows.ray_private.PopulationSearch), and reset_config keeps it.
+    # member's actor while the search is open (tuning.ray_private.PopulationSearch), and reset_config keeps it.
     for trial in trials.values():
         assert len({row["train_run"] for row in trial["history"]}) == 1, trial["history"]
 

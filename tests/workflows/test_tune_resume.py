@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from workflows.pbt import TRIAL_FOLDER_GLOB
+from tuning.pbt import TRIAL_FOLDER_GLOB
 
 REPO = Path(__file__).resolve().parents[2]
 # Members checkpoint every epoch, and since workers keep their shard in memory an epoch takes about 0.1 s: enough

@@ -21,7 +21,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from data.format import PatchDataset
-from workflows.evaluate import (
+from serving.evaluate import (
     VARIANT_METRICS,
     classification_metrics,
     format_metrics_table,

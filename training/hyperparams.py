@@ -4,7 +4,7 @@ Each :class:`Mutable` says how its members start (the initial population), where
 space), how the worker re-applies it after loading a checkpoint (loading optimizer state brings back the *donor's*
 values), and how people see it (report lines, ``pbt.json``, plots, the summary table). ``lr`` and ``grad_clip`` are
 the product's promise. Adding another, for example ``weight_decay``, is one more entry in :data:`MUTABLES`: its name
-must be a :class:`workflows.config.TrainConfig` field.
+must be a :class:`training.config.TrainConfig` field.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from ray import tune
 
-from workflows.config import GRAD_CLIP, LR, TrainConfig
+from training.config import GRAD_CLIP, LR, TrainConfig
 
 # Clipping norms PBT may move between; "off" is not among them, so a member that recovers keeps clipping.
 CLIP_CHOICES = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)

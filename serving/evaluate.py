@@ -7,18 +7,15 @@ a checkpoint does not say).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from data.atomic import write_file_atomic
 from data.format import PatchMetadata, PatchSplit
 from data.pipeline import DEFAULT_AUGMENTATION, BandStats, augmentation_elements, d4_transform, normalise
 from resnet import ResNet
@@ -272,9 +269,3 @@ def format_variants(metrics: dict[str, Any]) -> str:
         f"   macro-F1 {m['macro_f1']:.4f}"
         for name, m in metrics["variants"].items()
     )
-
-
-def write_json_atomic(path: str | os.PathLike, body: Any) -> Path:
-    """Write JSON to a temporary file in the same folder and rename it over ``path`` (mode as the umask gives)."""
-    text = json.dumps(body, indent=2, sort_keys=False) + "\n"
-    return write_file_atomic(path, lambda handle: handle.write(text.encode()))

@@ -1,13 +1,13 @@
 """Population-based training: the long-lived member (a Tune class ``Trainable``), its search and its scheduler.
 
 Ray 2.60's ``TorchTrainer`` is Train V2 and cannot be handed to a ``Tuner``. Each PBT member is a class
-``Trainable`` that starts one ``TorchTrainer`` (:class:`workflows.launch.MemberRun`) in :meth:`PBTMember.setup` and
+``Trainable`` that starts one ``TorchTrainer`` (:class:`training.launch.MemberRun`) in :meth:`PBTMember.setup` and
 keeps it: :meth:`~PBTMember.step` trains one epoch, :meth:`~PBTMember.save_checkpoint` copies the epoch's checkpoint
 for Tune, and an exploit (Tune calls ``reset_config`` with the mutated values, then ``load_checkpoint`` with the
 donor's checkpoint) only tells the waiting workers to load the donor's state and train on with the new values.
 
 Tune reuses a paused member's process (``reuse_actors=True``) only while its search may still hand out trials, so
-the search (:class:`workflows.ray_private.PopulationSearch`) stays open until every member has ended. A member
+the search (:class:`tuning.ray_private.PopulationSearch`) stays open until every member has ended. A member
 whose process Tune did not keep starts a new ``TorchTrainer`` from the checkpoint: slower, still correct.
 """
 
@@ -24,10 +24,10 @@ from ray import tune
 
 from data.format import PatchMetadata
 from data.pipeline import BandStats
-from workflows.config import TrainConfig
-from workflows.hyperparams import config_values, mutation_spaces
-from workflows.launch import MemberRun, unique_run_name
-from workflows.ray_private import RecoveringPBT, quiet_member_logs
+from training.config import TrainConfig
+from training.hyperparams import config_values, mutation_spaces
+from training.launch import MemberRun, unique_run_name
+from tuning.ray_private import RecoveringPBT, quiet_member_logs
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.metrics import f1_score
 
-from workflows.config import TrainConfig
-from workflows.loop import SENTINEL, epoch_metrics, macro_f1_from_confusion
+from training.config import TrainConfig
+from training.loop import SENTINEL, epoch_metrics, macro_f1_from_confusion
 
 
 def sklearn_macro_f1(confusion: np.ndarray) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from workflows.hyperparams import NAMES, change_text, settings_text
+from training.hyperparams import NAMES, change_text, settings_text
 
 log = logging.getLogger(__name__)
 

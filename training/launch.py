@@ -18,7 +18,7 @@ ships a detached cleaner actor for that case, which asks the dashboard's state A
 controller lives. Measured here, it cost one more Python process per run and 12 s of every run's shutdown (the time
 it takes to stop), and under load its thread died on a timed-out query (RpcError), after which a dead member's group
 is never removed and the member's next run waits for CPUs without end (the likely cause of a PBT test that hung in
-CI). We run without it (``workflows.ray_private.TorchTrainerWithoutCleaner``) and do the job ourselves where it
+CI). We run without it (``tuning.ray_private.TorchTrainerWithoutCleaner``) and do the job ourselves where it
 arises: a run
 given an ``owner`` (a PBT member) records its placement group in Ray's key-value store, removes it itself when the
 caller stops it, and the owner's next run removes any group a dead predecessor left behind. Runs without an owner
@@ -48,9 +48,9 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig
 
 from data.format import PatchMetadata
 from data.pipeline import BandStats
-from workflows.config import TrainConfig
-from workflows.loop import PLACEMENT_GROUP_KEY, STOP_NAME, command_name, train_func_per_worker
-from workflows.ray_private import (
+from training.config import TrainConfig
+from training.loop import PLACEMENT_GROUP_KEY, STOP_NAME, command_name, train_func_per_worker
+from tuning.ray_private import (
     TorchTrainerWithoutCleaner,
     apply_train_settings,
     forget_placement_group,
@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 # How long the controller waits for the caller to handle one report before giving up on the hand-off.
 HANDOFF_TIMEOUT_S = 600.0
 # How long a run asked to stop may take to end by itself (an epoch of the default dataset takes 0.5-2 s) before its
-# placement group is removed. Tune waits for the member's thread longer than this (see workflows/pbt.py).
+# placement group is removed. Tune waits for the member's thread longer than this (see tuning/pbt.py).
 GRACEFUL_STOP_S = 20.0
 # Next to the folder where Train keeps its runs: one folder per run for the report hand-off and the stop file, so
 # nothing is left in the system temp folder, and nothing is written into folders Train owns.

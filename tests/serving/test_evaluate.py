@@ -10,8 +10,7 @@ from test_bundle import COUNTS, make_checkpoint
 
 from data.pipeline import BandStats, augmentation_elements, d4_transform
 from data.synthetic import generate
-from training.checkpoint import load_checkpoint
-from workflows.evaluate import (
+from serving.evaluate import (
     NO_TTA,
     ensemble_probabilities,
     evaluate_checkpoint,
@@ -23,6 +22,7 @@ from workflows.evaluate import (
     rank_members,
     read_members,
 )
+from training.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from training.config import AUGMENTATIONS, TrainConfig, reject_uri
 from workflows import train, tune
-from workflows.config import AUGMENTATIONS, TrainConfig, reject_uri
 
 
 @pytest.mark.parametrize("value", ["s3://bucket/run", "gs://b/x", Path("s3://bucket/run"), "file:///tmp/x"])

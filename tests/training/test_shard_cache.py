@@ -1,10 +1,10 @@
-"""workflows/shard_cache.py: a small shard is read from Ray Data once and then served from the worker's copy."""
+"""training/shard_cache.py: a small shard is read from Ray Data once and then served from the worker's copy."""
 
 import numpy as np
 import torch
 
 from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN
-from workflows.shard_cache import CachedShard, as_tensors
+from training.shard_cache import CachedShard, as_tensors
 
 
 class _Shard:

@@ -32,7 +32,7 @@ from data.format import PatchFormatError, PatchMetadata
 from data.messages import brief_list, one_line, torch_load_failure
 from data.pipeline import BandStats
 from resnet import ResNet, ResNetConfig
-from workflows.evaluate import NO_TTA, ensemble_probabilities, read_members, tta_views
+from serving.evaluate import NO_TTA, ensemble_probabilities, read_members, tta_views
 
 WEIGHTS_FILE = "weights.pt"  # the best member's weights; the only weights file of a version-1 bundle
 INFO_FILE = "bundle.json"
@@ -142,7 +142,7 @@ def export_bundle(
     """Write the bundle of one or more training checkpoints atomically (a temporary sibling, validated, renamed).
 
     Args:
-        checkpoint_dirs: A checkpoint folder written by ``workflows.loop.save_checkpoint``, or several (an
+        checkpoint_dirs: A checkpoint folder written by ``training.loop.save_checkpoint``, or several (an
             ensemble's members, the best first) that share network, statistics and metadata.
         bundle_dir: The bundle folder to create.
         members: JSON-serialisable values recorded with each member (for example its trial id and final
@@ -223,7 +223,7 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
         raise BundleError(f"{bundle_dir}: no such model bundle folder (expected {WEIGHTS_FILE} and {INFO_FILE})")
     info_path = bundle_dir / INFO_FILE
     if not info_path.is_file():
-        raise BundleError(f"{info_path}: missing from the model bundle; re-export it with workflows.bundle")
+        raise BundleError(f"{info_path}: missing from the model bundle; re-export it with serving.bundle")
 
     info = _read_info(info_path)
     metadata = _parse(info_path, info, "metadata", lambda v: PatchMetadata.from_json(json.dumps(v), str(info_path)))
@@ -236,7 +236,7 @@ def load_bundle(bundle_dir: str | os.PathLike) -> Bundle:
     for name in files:
         path = bundle_dir / name
         if not path.is_file():
-            raise BundleError(f"{path}: missing from the model bundle; re-export it with workflows.bundle")
+            raise BundleError(f"{path}: missing from the model bundle; re-export it with serving.bundle")
         model = ResNet(model_config)
         model.load_state_dict(_read_weights(path, model), strict=True)
         models.append(model.eval())

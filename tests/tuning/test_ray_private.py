@@ -1,11 +1,11 @@
-"""Pins for workflows/ray_private.py that need no cluster: the Ray settings it sets are still read by Ray 2.60."""
+"""Pins for tuning/ray_private.py that need no cluster: the Ray settings it sets are still read by Ray 2.60."""
 
 from pathlib import Path
 
 import pytest
 import ray
 
-from workflows.ray_private import TRAIN_ENV, TUNE_ENV, PopulationSearch
+from tuning.ray_private import TRAIN_ENV, TUNE_ENV, PopulationSearch
 
 RAY_SOURCE = Path(ray.__file__).parent
 
@@ -22,7 +22,7 @@ def _ray_reads(name: str) -> bool:
 
 @pytest.mark.parametrize("name", sorted({**TRAIN_ENV, **TUNE_ENV}))
 def test_every_setting_is_still_read_by_ray(name):
-    assert _ray_reads(name), f"Ray {ray.__version__} no longer reads {name}; see workflows/ray_private.py"
+    assert _ray_reads(name), f"Ray {ray.__version__} no longer reads {name}; see tuning/ray_private.py"
 
 
 def test_the_population_search_stays_open_until_every_member_ended():
@@ -37,7 +37,7 @@ def test_the_population_search_stays_open_until_every_member_ended():
 
 
 def test_a_member_in_trouble_is_diverged_or_near_chance_after_its_first_interval():
-    from workflows.pbt import make_scheduler
+    from tuning.pbt import make_scheduler
 
     scheduler = make_scheduler(perturbation_interval=5, seed=0, num_classes=7)
     assert scheduler._in_trouble({"epoch": 1, "val_acc": 0.9, "diverged": True})
@@ -64,7 +64,7 @@ def _rescuer(monkeypatch):
     from ray.tune.schedulers import PopulationBasedTraining
     from ray.tune.schedulers.pbt import _PBTTrialState
 
-    from workflows.pbt import make_scheduler
+    from tuning.pbt import make_scheduler
 
     scheduler = make_scheduler(perturbation_interval=5, seed=0, num_classes=7)
     exploits = []

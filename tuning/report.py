@@ -21,8 +21,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from data.atomic import write_file_atomic
-from workflows.evaluate import shown_variant
-from workflows.hyperparams import MUTABLES
+from serving.evaluate import shown_variant
+from training.hyperparams import MUTABLES
 
 SUMMARY_FILE = "report.json"
 VAL_ACC_PLOT = "val_acc.png"
@@ -43,8 +43,8 @@ def write_report(pbt: dict[str, Any], test_metrics: dict[str, Any], out_dir: str
         test_metrics: The shipped model's test-split metrics: ``accuracy``, ``macro_f1``, ``kappa``,
             ``confusion_matrix`` (rows are true classes) and ``class_names``; optionally ``variant`` (its name),
             ``variants`` (accuracy, macro-F1 and kappa of each way the population predicts) and ``baselines``
-            (those of the classic models, or why one was skipped), as ``workflows.evaluate.evaluate_members`` and
-            ``workflows.baselines.run_baselines`` give them.
+            (those of the classic models, or why one was skipped), as ``serving.evaluate.evaluate_members`` and
+            ``serving.baselines.run_baselines`` give them.
         out_dir: Folder to write into; created if missing. Existing report files are replaced.
 
     Returns:

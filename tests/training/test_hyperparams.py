@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from workflows.config import GRAD_CLIP, LR, TrainConfig
-from workflows.hyperparams import (
+from training.config import GRAD_CLIP, LR, TrainConfig
+from training.hyperparams import (
     CLIP_CHOICES,
     MUTABLES,
     PopulationOptions,
@@ -59,7 +59,7 @@ ONE_MORE = textwrap.dedent(
     import json, sys, tempfile
     from pathlib import Path
     from ray import tune
-    import workflows.hyperparams as hp
+    import training.hyperparams as hp
 
     # The one-entry change: weight_decay joins the registry.
     hp.MUTABLES = hp.MUTABLES + (
@@ -69,9 +69,10 @@ ONE_MORE = textwrap.dedent(
     hp.NAMES = tuple(m.name for m in hp.MUTABLES)
 
     import numpy as np
-    from workflows import loop, pbt, progress, report
+    from training import loop
+    from tuning import pbt, progress, report
     from workflows import tune as tune_job
-    from workflows.config import TrainConfig
+    from training.config import TrainConfig
 
     out = {}
     members = hp.initial_population(3)

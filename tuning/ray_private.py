@@ -3,25 +3,25 @@
 Ray is pinned to 2.60.0 in pyproject.toml; each entry names the test that fails when the behaviour changes.
 
 - :data:`TRAIN_ENV` and :data:`TUNE_ENV`: environment settings read by Ray's internals; pinned by
-  ``tests/workflows/test_ray_private.py`` (Ray still reads each name) and, for Tune's quiet console,
+  ``tests/tuning/test_ray_private.py`` (Ray still reads each name) and, for Tune's quiet console,
   ``tests/workflows/test_tune_job.py``.
 
 - :class:`TorchTrainerWithoutCleaner` overrides Train V2's ``_create_default_callbacks`` to drop the detached
-  placement-group cleaner (why: ``workflows/launch.py``); pinned by ``tests/workflows/test_train.py``.
+  placement-group cleaner (why: ``training/launch.py``); pinned by ``tests/workflows/test_train.py``.
 - :func:`record_placement_group` / :func:`release_placement_group` keep a member's placement group in Ray's
   internal KV store (``ray.experimental.internal_kv``, ``ray._raylet.PlacementGroupID``); pinned by
-  ``tests/workflows/test_launch.py``.
+  ``tests/training/test_launch.py``.
 - :class:`RecoveringPBT` overrides PBT's ``_checkpoint_or_exploit``, calls its ``_exploit`` and reads and writes
   its ``_trial_state`` (``last_score``, ``last_result``, ``last_checkpoint``, ``last_perturbation_time``); pinned by
   ``tests/workflows/test_tune.py``.
 - :class:`PopulationSearch` reads ``BasicVariantGenerator._live_trials`` and relies on Tune caching a paused
   member's actor only while the search is not finished (``TuneController._maybe_cache_trial_actor``); pinned by
-  ``tests/workflows/test_ray_private.py`` and ``tests/workflows/test_tune.py`` (members keep their Train run
+  ``tests/tuning/test_ray_private.py`` and ``tests/workflows/test_tune.py`` (members keep their Train run
   across exploits).
 - The log quieting below names Ray loggers by module path (``ray.data._internal.progress``,
   ``ray.train.v2._internal.execution.context``); ``tests/workflows/test_tune_job.py`` fails when Tune's boxes or
   Ray Data's per-pass lines come back. The rest of the job's quiet comes from public settings:
-  ``ray.LoggingConfig(log_level="WARNING")`` (``workflows/cluster.py``) and Tune's ``verbose=0``
+  ``ray.LoggingConfig(log_level="WARNING")`` (``training/cluster.py``) and Tune's ``verbose=0``
   (``workflows/tune.py``).
 """
 
@@ -76,7 +76,7 @@ def apply_tune_settings() -> None:
         os.environ.setdefault(key, value)
 
 
-# Ray Data warns once per process that the progress bars are off, which is our own setting (workflows/cluster.py).
+# Ray Data warns once per process that the progress bars are off, which is our own setting (training/cluster.py).
 RAY_DATA_PROGRESS_LOGGER = "ray.data._internal.progress"
 # Tune's timing notes ("… may be a performance bottleneck") come from this module's warn_if_slow.
 TUNE_TIMING_LOGGER = "ray.tune.utils.util"
@@ -142,7 +142,7 @@ def quiet_worker_logs() -> None:
 
 
 class TorchTrainerWithoutCleaner(TorchTrainer):
-    """``TorchTrainer`` without Train's detached placement-group cleaner (why: ``workflows/launch.py``'s docstring)."""
+    """``TorchTrainer`` without Train's detached placement-group cleaner (why: ``training/launch.py``'s docstring)."""
 
     def _create_default_callbacks(self) -> list[Any]:
         callbacks = super()._create_default_callbacks()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workflows.report import (
+from tuning.report import (
     CONFUSION_PLOT,
     HYPERPARAMETER_PLOT,
     SUMMARY_FILE,

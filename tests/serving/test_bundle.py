@@ -16,8 +16,7 @@ from data.format import PatchMetadata
 from data.pipeline import augmentation_elements, compute_band_stats, d4_transform, normalise
 from data.synthetic import generate
 from resnet import ResNet, ResNetConfig
-from training.checkpoint import load_checkpoint, save_checkpoint
-from workflows.bundle import (
+from serving.bundle import (
     INFO_FILE,
     LEGACY_MODE,
     WEIGHTS_FILE,
@@ -28,7 +27,8 @@ from workflows.bundle import (
     load_bundle,
     member_file,
 )
-from workflows.evaluate import model_from_state, predict_probabilities
+from serving.evaluate import model_from_state, predict_probabilities
+from training.checkpoint import load_checkpoint, save_checkpoint
 
 COUNTS = {"train": 70, "val": 14, "test": 28}
 CHANNELS = 16  # small and quick; the format does not depend on the width

@@ -29,10 +29,10 @@ from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats, D4Collate
 from resnet import ResNet, ResNetConfig, unwrap
 from resnet.preflight import check as preflight_check
 from training.checkpoint import load_checkpoint, run_facts, save_checkpoint, training_state
-from workflows.config import TrainConfig
-from workflows.hyperparams import apply_to_optimizer, reported_values
-from workflows.ray_private import quiet_worker_logs
-from workflows.shard_cache import CachedShard, as_tensors
+from training.config import TrainConfig
+from training.hyperparams import apply_to_optimizer, reported_values
+from training.shard_cache import CachedShard, as_tensors
+from tuning.ray_private import quiet_worker_logs
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ EVAL_BATCH_SIZE = 256
 # Rows each worker shuffles locally, in batches, on top of the shuffled block order.
 SHUFFLE_BATCHES = 8
 PREFLIGHT_BATCH = 8
-# Added to a run's first report: the id of the workers' placement group (see workflows.launch), removed before the
+# Added to a run's first report: the id of the workers' placement group (see training.launch), removed before the
 # metrics reach anyone.
 PLACEMENT_GROUP_KEY = "_placement_group"
 # A long-lived member's run waits for its next command between epochs (see next_command); rank 0 polls this often.

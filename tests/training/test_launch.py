@@ -9,9 +9,9 @@ from ray.util.placement_group import placement_group, placement_group_table
 from data import DEFAULT_DATASET_DIR
 from data.format import read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
-from workflows.config import GRAD_CLIP, LR, TrainConfig
-from workflows.launch import MemberRun, unique_run_name
-from workflows.ray_private import record_placement_group, release_placement_group
+from training.config import GRAD_CLIP, LR, TrainConfig
+from training.launch import MemberRun, unique_run_name
+from tuning.ray_private import record_placement_group, release_placement_group
 
 
 def test_a_recorded_placement_group_is_removed_once(ray_cluster):

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from data.synthetic import generate
-from workflows.baselines import BASELINES, format_comparison, format_test_summary, run_baselines, skip_notes
+from serving.baselines import BASELINES, format_comparison, format_test_summary, run_baselines, skip_notes
 
 COUNTS = {"train": 70, "val": 14, "test": 70}
 
