@@ -1,14 +1,14 @@
 """Print the wall time of the PBT main job (workflows/tune.py) beside the same schedule as a plain PyTorch loop.
 
-First the real job runs: ``workflows.tune.run`` with its default flags (``--quick``: ``--smoke-test``) on a local
-2-CPU Ray cluster that this script starts. Then the same members (``tuning.pbt.initial_population``), epochs,
-data, batch size and per-member ``lr``/``grad_clip`` train one after another in this process, without Ray, with the
-same health guards (``training.loop.train_epoch``) and a validation pass every epoch. PBT's exploits are replayed
-from the job's ``pbt.json``: before the epoch after an exploit, the member takes the donor's model and optimizer
-state at the donor epoch (every epoch, as the members checkpoint every epoch) and then its mutated ``lr``
-and ``grad_clip``, epoch for epoch as the job reported them. A member waits (another trains first) until its donor
-has reached the donor epoch. If the record cannot be replayed, the plain loop trains the initial settings without
-exploits and says so.
+First the real job runs: ``tuning.experiment.tune_experiment`` with tune.py's defaults (``--quick``: the smoke test)
+on a local 2-CPU Ray cluster that this script starts. Then the same members
+(``training.hyperparams.initial_population``), epochs, data, batch size and per-member ``lr``/``grad_clip`` train
+one after another in this process, without Ray, with the same health guards (``training.loop.train_epoch``) and a
+validation pass every epoch. PBT's exploits are replayed from the job's ``pbt.json``: before the epoch after an
+exploit, the member takes the donor's model and optimizer state at the donor epoch (every epoch, as the members
+checkpoint every epoch) and then its mutated ``lr`` and ``grad_clip``, epoch for epoch as the job reported them. A
+member waits (another trains first) until its donor has reached the donor epoch. If the record cannot be replayed,
+the plain loop trains the initial settings without exploits and says so.
 
 Example:
     python benchmarks/pbt_vs_plain.py                  # 4 members x 30 epochs, the job's defaults
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import tempfile
 import time
@@ -47,7 +46,7 @@ from training.loop import (
     evaluate_shard,
     train_epoch,
 )
-from workflows import tune as tune_job
+from tuning.experiment import ExperimentConfig, format_outcome, tune_experiment
 
 CPUS = 2  # the cluster this script starts, and the plain loop's torch threads
 TARGET_RATIO = 1.8  # the issue's target for Ray wall time / plain wall time...
@@ -292,32 +291,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPUs {os.cpu_count()}, Ray cluster {CPUS} CPUs, load average at start {load_average}", flush=True)
     with tempfile.TemporaryDirectory(prefix="pbt-bench-") as tmp:
         results = (args.results or Path(tmp) / "experiment").resolve()
-        flags = ["--results", str(results)] + ["--smoke-test"] * args.quick + ["--overwrite"] * args.overwrite
-        job_args = tune_job.build_parser().parse_args(flags)
+        job = ExperimentConfig(results=str(results), smoke_test=args.quick, overwrite=args.overwrite)
         started = time.perf_counter()
         start_ray()
         startup = time.perf_counter() - started
         try:
             started = time.perf_counter()
-            test_metrics = tune_job.run(job_args)  # applies --smoke-test to job_args
+            outcome = tune_experiment(job)
+            print(format_outcome(outcome))
             ray_wall = time.perf_counter() - started
         finally:
             ray.shutdown()
-        record = json.loads((results / tune_job.PBT_FILE).read_text())
+        # The job's effective settings (the smoke test's sizes applied), its test metrics and pbt.json.
+        job_args, test_metrics, record = outcome.config, outcome.metrics, outcome.record
 
     members = initial_population(
         job_args.population,
         PopulationOptions(unstable=not job_args.stable_start, lr_range=tuple(job_args.initial_lr_range)),
     )
-    base = TrainConfig(
-        optimizer=job_args.optimizer,
-        batch_size=job_args.batch_size,
-        weight_decay=job_args.weight_decay,
-        label_smoothing=job_args.label_smoothing,
-        channels=job_args.channels,
-        epochs=job_args.epochs,
-        seed=job_args.seed,
-    )
+    base = job_args.shared_training()
     interval = job_args.perturbation_interval
     try:
         schedule = schedule_from_record(record, members)

@@ -3,8 +3,8 @@
 For each seed, two searches over ``lr`` and ``grad_clip`` train the same number of members for the same number
 of epochs on the default dataset (or ``--data``):
 
-- PBT: ``workflows/tune.py`` itself (``workflows.tune.run``) with that ``--seed``, on a local Ray cluster this
-  script starts. Every member's final checkpoint is evaluated on the test split.
+- PBT: the main job itself (``tuning.experiment.tune_experiment``) with that ``--seed``, on a local Ray cluster
+  this script starts. Every member's final checkpoint is evaluated on the test split.
 - Random search: members whose ``lr`` and ``grad_clip`` are drawn from the distribution PBT's initial population
   is a stratified sample of (``lr`` log-uniform over ``--initial-lr-range``; the upper half of that log range
   unclipped, the seed's setting, the lower half clipped at a norm drawn from PBT's choices), each trained for all
@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -46,8 +45,8 @@ from data.format import PatchDataset, PatchFormatError, read_dataset  # noqa: E4
 from serving.evaluate import evaluate_checkpoint  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.hyperparams import CLIP_CHOICES, INITIAL_LR_RANGE  # noqa: E402
+from tuning.experiment import TUNE_DIR, ExperimentConfig, format_outcome, tune_experiment  # noqa: E402
 from tuning.pbt import TRIAL_FOLDER_GLOB  # noqa: E402
-from workflows import tune as tune_job  # noqa: E402
 
 # A member whose final test accuracy is below this multiple of chance failed to learn.
 FAILED_FACTOR = 2.0
@@ -80,22 +79,21 @@ def final_checkpoints(tune_dir: Path) -> dict[str, Path]:
 
 def run_pbt(args: argparse.Namespace, dataset: PatchDataset, seed: int, results: Path) -> dict[str, Any]:
     """The main job with this seed; every member's final test accuracy."""
-    flags = [
-        "--data", str(args.data), "--results", str(results), "--seed", str(seed),
-        "--population", str(args.population), "--epochs", str(args.epochs),
-        "--perturbation-interval", str(args.interval), "--channels", str(args.channels),
-        "--initial-lr-range", *(str(v) for v in args.initial_lr_range),
-    ]  # fmt: skip
-    job_args = tune_job.build_parser().parse_args(flags)
+    job = ExperimentConfig(
+        data=Path(args.data), results=str(results), seed=seed, population=args.population, epochs=args.epochs,
+        perturbation_interval=args.interval, channels=args.channels,
+        initial_lr_range=tuple(args.initial_lr_range),
+    )  # fmt: skip
     start_ray()
     try:
         started = time.perf_counter()
-        best = tune_job.run(job_args)
+        outcome = tune_experiment(job)
+        print(format_outcome(outcome))
         wall = time.perf_counter() - started
     finally:
         ray.shutdown()
-    record = json.loads((results / tune_job.PBT_FILE).read_text())
-    checkpoints = final_checkpoints(results / tune_job.TUNE_DIR).values()
+    best, record = outcome.metrics, outcome.record
+    checkpoints = final_checkpoints(results / TUNE_DIR).values()
     return {
         "wall": wall,
         "best": best["accuracy"],

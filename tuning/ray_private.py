@@ -22,7 +22,7 @@ Ray is pinned to 2.60.0 in pyproject.toml; each entry names the test that fails 
   ``ray.train.v2._internal.execution.context``); ``tests/workflows/test_tune_job.py`` fails when Tune's boxes or
   Ray Data's per-pass lines come back. The rest of the job's quiet comes from public settings:
   ``ray.LoggingConfig(log_level="WARNING")`` (``training/cluster.py``) and Tune's ``verbose=0``
-  (``workflows/tune.py``).
+  (``tuning/experiment.py``).
 """
 
 from __future__ import annotations

@@ -10,10 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")  # files only; never open a window, even where a display exists
-
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -149,7 +145,8 @@ def _plot_val_acc(pbt: dict[str, Any], colours: dict[str, Any]) -> Figure:
     """Validation metric per trial over its reports, with exploits (and donors) and diverged reports marked."""
     metric = pbt.get("metric", "val_acc")
     short = _short_ids(list(pbt["trials"]))
-    fig, ax = plt.subplots(figsize=(11, 5.5), layout="constrained")
+    fig = Figure(figsize=(11, 5.5), layout="constrained")  # no pyplot: no global figure state, no backend switch
+    ax = fig.subplots()
     bottom = ax.get_xaxis_transform()  # x in data units, y in axes units: marks that stay on the floor of the plot
     for row, (trial_id, trial) in enumerate(pbt["trials"].items()):
         history = trial.get("history", [])
@@ -197,7 +194,8 @@ def _plot_val_acc(pbt: dict[str, Any], colours: dict[str, Any]) -> Figure:
 
 def _plot_hyperparameters(pbt: dict[str, Any], colours: dict[str, Any]) -> Figure:
     """Each mutable hyperparameter per trial over its reports (one panel each), exploits drawn as dotted lines."""
-    fig, axes = plt.subplots(len(MUTABLES), 1, figsize=(11, 3.5 * len(MUTABLES)), sharex=True, layout="constrained")
+    fig = Figure(figsize=(11, 3.5 * len(MUTABLES)), layout="constrained")
+    axes = fig.subplots(len(MUTABLES), 1, sharex=True)
     axes = np.atleast_1d(axes)
     for ax, mutable in zip(axes, MUTABLES, strict=True):
         values = [entry.get(mutable.name) for trial in pbt["trials"].values() for entry in trial.get("history", [])]
@@ -237,7 +235,8 @@ def _plot_confusion(test_metrics: dict[str, Any]) -> Figure:
     totals = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     side = max(4.5, 0.75 * len(names) + 2.5)
-    fig, ax = plt.subplots(figsize=(side + 1.5, side), layout="constrained")
+    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
+    ax = fig.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for (row, col), count in np.ndenumerate(counts):
         colour = "white" if share[row, col] > 0.5 else "black"
@@ -264,7 +263,7 @@ def _report_axis(ax: Axes, pbt: dict[str, Any]) -> None:
 
 def _trial_colours(trials: dict[str, Any]) -> dict[str, Any]:
     """One colour per trial, the same in every plot."""
-    cmap = plt.get_cmap("tab10" if len(trials) <= 10 else "tab20")
+    cmap = matplotlib.colormaps.get_cmap("tab10" if len(trials) <= 10 else "tab20")
     return {trial_id: cmap(i % cmap.N) for i, trial_id in enumerate(trials)}
 
 
@@ -276,11 +275,8 @@ def _short_ids(trial_ids: Sequence[str]) -> dict[str, str]:
 
 
 def _save_figure(fig: Figure, path: Path) -> Path:
-    """Save a figure as PNG atomically and close it."""
-    try:
-        return write_file_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
-    finally:
-        plt.close(fig)
+    """Save a figure as PNG atomically (a bare ``Figure`` renders with Agg whatever pyplot's backend is)."""
+    return write_file_atomic(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
 
 
 def _test_summary(test_metrics: dict[str, Any]) -> dict[str, Any]:

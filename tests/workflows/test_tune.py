@@ -9,8 +9,9 @@ import pytest
 
 from training.config import GRAD_CLIP, LR
 from training.hyperparams import CLIP_CHOICES
+from tuning.experiment import ExperimentConfig, size_members, tune_experiment
 from workflows.config_file import parse_args
-from workflows.tune import build_parser, run, size_members
+from workflows.tune import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 DIVERGING_LR = 3.0
@@ -37,7 +38,7 @@ def experiment(ray_cluster, tmp_path_factory):
             "--results", str(results),
         ]
     )  # fmt: skip
-    metrics = run(args)
+    metrics = tune_experiment(ExperimentConfig.from_mapping(args)).metrics
     return results, metrics, json.loads((results / "pbt.json").read_text())
 
 

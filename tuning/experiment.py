@@ -1,0 +1,437 @@
+"""A PBT experiment as a library call: ``tune_experiment(ExperimentConfig(...))`` returns an :class:`ExperimentResult`.
+
+The steps follow the data flow of ``shared/DESIGN.md``: the experiment's settings (checked, or read back on
+resume), the dataset and its training statistics, the members' shared training settings sized to the cluster,
+Tune's population under PBT, then the shipped ensemble's test, bundle, ``pbt.json`` and report. ``workflows/tune.py``
+is the command line around it; a notebook calls it directly::
+
+    from tuning.experiment import ExperimentConfig, tune_experiment
+    result = tune_experiment(ExperimentConfig(smoke_test=True, results="results/nb", address="local"))
+    result.metrics["accuracy"], result.bundle
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any
+
+import yaml
+from ray import tune
+
+from data import DEFAULT_DATASET_DIR
+from data.atomic import check_creatable, write_file_atomic, write_json_atomic
+from data.format import PatchDataset, read_dataset
+from data.pipeline import build_ray_datasets, compute_band_stats
+from serving.baselines import format_test_summary, run_baselines
+from serving.bundle import export_bundle
+from serving.evaluate import TEST_METRICS_FILE, VARIANT_METRICS, evaluate_members, rank_members
+from training.cluster import cluster_cpus, cluster_gpus, connect
+from training.config import TrainConfig, reject_uri
+from training.hyperparams import INITIAL_LR_RANGE, MUTABLES, NAMES, PopulationOptions, initial_population
+from tuning.pbt import MEMBER_KEY, METRIC, MODE, PBTMember, make_scheduler, read_member_logs, remove_train_runs
+from tuning.progress import TENSORBOARD_DIR, PopulationProgress
+from tuning.ray_private import PopulationSearch, apply_tune_settings, quiet_tune_timing_notes
+from tuning.report import format_summary, write_report
+
+TRAIN_DEFAULTS = TrainConfig()
+EXPERIMENT_FILE = "experiment.json"
+CONFIG_FILE = "config.yaml"
+PBT_FILE = "pbt.json"
+TUNE_DIR = "tune"
+TRAIN_RUNS_DIR = "train_runs"
+MEMBER_LOGS_DIR = "members"
+BUNDLE_DIR = "bundle"
+REPORT_DIR = "report"
+# Checkpoints Tune keeps per member (one every epoch; see the CheckpointConfig below).
+KEEP_TUNE_CHECKPOINTS = 6
+# Smallest CPU share a member's worker gets; below it a member would crawl.
+MIN_CPUS_PER_WORKER = 0.25
+# The Tune function only waits on its TorchTrainer; it must still ask for some CPU (zero is refused).
+TRIAL_FUNCTION_CPUS = 0.01
+# Settings about one invocation, not the experiment: never kept in the experiment's files.
+INVOCATION_ONLY = ("resume", "overwrite")
+
+
+class ExperimentInterrupted(RuntimeError):
+    """The experiment stopped (Ctrl+C / SIGINT) before every member finished; ``resume=True`` continues it."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The PBT experiment's settings; each default is defined here once, with its reason."""
+
+    data: Path = DEFAULT_DATASET_DIR  # the embedded default dataset
+    results: str | None = None  # None: results/tune-<time> under the working directory
+    resume: bool = False  # continue the interrupted experiment in ``results``
+    overwrite: bool = False  # allow a results folder that already has results
+    population: int = 4  # one member can diverge and be replaced while three others train
+    epochs: int = 40  # as train.py: the default dataset plateaus around epoch 30-40
+    perturbation_interval: int = 5  # epochs between exploit/explore steps (members checkpoint every epoch)
+    initial_lr_range: tuple[float, float] = INITIAL_LR_RANGE  # spaced geometrically over the members
+    stable_start: bool = False  # by default the upper half starts unclipped, so some members diverge
+    metric: str = METRIC  # what PBT ranks members by
+    mode: str = MODE  # whether ``metric`` is maximised
+    seed: int = 0
+    smoke_test: bool = False  # 2 members, 4 epochs, small network: a quick check
+    optimizer: str = TRAIN_DEFAULTS.optimizer
+    batch_size: int = TRAIN_DEFAULTS.batch_size
+    weight_decay: float = TRAIN_DEFAULTS.weight_decay
+    label_smoothing: float = TRAIN_DEFAULTS.label_smoothing
+    channels: int = TRAIN_DEFAULTS.channels
+    augment: str = TRAIN_DEFAULTS.augment
+    workers_per_trial: int = 1  # a 2-CPU laptop runs members side by side rather than workers
+    cpus_per_worker: float | None = None  # None: the cluster's CPUs shared by all members
+    gpu: bool = False  # one GPU per worker
+    address: str | None = None  # None: the running cluster, or a new local one
+    num_cpus: int | None = None  # CPUs of a new local cluster
+
+    @classmethod
+    def from_mapping(cls, values: Any) -> ExperimentConfig:
+        """The config from a mapping or namespace holding (some of) its fields; other keys are ignored."""
+        values = vars(values) if not isinstance(values, dict) else values
+        names = {f.name for f in dataclasses.fields(cls)}
+        chosen = {k: v for k, v in values.items() if k in names}
+        if "initial_lr_range" in chosen:
+            chosen["initial_lr_range"] = tuple(chosen["initial_lr_range"])
+        if "data" in chosen:
+            chosen["data"] = Path(chosen["data"])
+        return cls(**chosen)
+
+    def shared_training(self, **scale: Any) -> TrainConfig:
+        """The training settings every member shares; ``scale`` adds the others (workers, CPUs, checkpoints)."""
+        return TrainConfig(
+            optimizer=self.optimizer,
+            batch_size=self.batch_size,
+            weight_decay=self.weight_decay,
+            label_smoothing=self.label_smoothing,
+            channels=self.channels,
+            augment=self.augment,
+            epochs=self.epochs,
+            seed=self.seed,
+            **scale,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """The experiment's settings as plain values (the files it keeps), without the invocation's."""
+        body = {}
+        for name, value in dataclasses.asdict(self).items():
+            if name in INVOCATION_ONLY:
+                continue
+            body[name] = (
+                str(value) if isinstance(value, PurePath) else list(value) if isinstance(value, tuple) else value
+            )
+        return body
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """What an experiment produced: its effective settings, the shipped ensemble's test metrics and its files."""
+
+    config: ExperimentConfig  # with smoke-test sizes applied, or as saved when resumed
+    results: Path
+    metrics: dict[str, Any]  # test_metrics.json
+    record: dict[str, Any]  # pbt.json
+    best_trial: str
+    ensemble: list[str]  # the shipped members, best first
+    errors: list[str]  # the first line of each failed member's error
+    files: dict[str, Path] = field(default_factory=dict)  # test_metrics, pbt, bundle and the report's files
+
+    @property
+    def bundle(self) -> Path:
+        """The exported model bundle (``predict.py --bundle``)."""
+        return self.results / BUNDLE_DIR
+
+
+def tune_experiment(config: ExperimentConfig) -> ExperimentResult:
+    """Run (or resume) the experiment and write its outputs.
+
+    Raises:
+        PatchFormatError: The dataset is invalid.
+        ValueError: A setting has an impossible value.
+        FileExistsError: The results folder already holds results and neither resume nor overwrite was asked.
+        ExperimentInterrupted: The fit stopped before every member finished.
+    """
+    config, results = _experiment(config)
+    dataset = read_dataset(config.data)
+    stats = compute_band_stats(dataset.train.pixels)
+    connect(config.address, config.num_cpus)
+    base, concurrent = _member_config(config)
+    results.mkdir(parents=True, exist_ok=True)
+    if not config.resume:
+        write_json_atomic(results / EXPERIMENT_FILE, config.settings())
+        text = yaml.safe_dump(config.settings(), sort_keys=False, default_flow_style=None)
+        write_file_atomic(results / CONFIG_FILE, lambda handle: handle.write(text.encode()))  # for --config
+    print(
+        f"PBT: {config.population} members x {config.epochs} epochs, perturbation every "
+        f"{config.perturbation_interval}, {concurrent} at a time, {config.workers_per_trial} worker(s) x "
+        f"{base.cpus_per_worker:g} CPU each; data {config.data} ({len(dataset.train)} train patches); results "
+        f"{results}",
+        flush=True,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            PBTMember,
+            base=base.to_dict(),
+            metadata_json=dataset.metadata.to_json(),
+            stats=stats.to_dict(),
+            datasets=build_ray_datasets(dataset, stats),
+            storage_path=str(results / TRAIN_RUNS_DIR),
+            log_dir=str(results / MEMBER_LOGS_DIR),
+        ),
+        {"cpu": TRIAL_FUNCTION_CPUS},
+    )
+    (results / MEMBER_LOGS_DIR).mkdir(parents=True, exist_ok=True)
+    tuner = _make_tuner(config, trainable, base, concurrent, dataset.metadata.num_classes, results)
+    apply_tune_settings()
+    quiet_tune_timing_notes()
+    started = time.perf_counter()
+    grid = tuner.fit()
+    elapsed = time.perf_counter() - started
+    return _ship(config, grid, dataset, results, elapsed)
+
+
+def _experiment(config: ExperimentConfig) -> tuple[ExperimentConfig, Path]:
+    """The effective settings (the saved ones on resume, smoke-test sizes applied) and the results folder."""
+    results = _results_folder(config.results)
+    if config.resume:
+        saved = results / EXPERIMENT_FILE
+        if not saved.is_file():
+            raise ValueError(f"{results}: nothing to resume (no {EXPERIMENT_FILE}); start without --resume")
+        # The saved experiment, with this invocation's folder and cluster.
+        saved_config = ExperimentConfig.from_mapping(json.loads(saved.read_text()))
+        here = {name: getattr(config, name) for name in ("results", "address", "num_cpus", *INVOCATION_ONLY)}
+        config = dataclasses.replace(saved_config, **here)
+    else:
+        if config.smoke_test:
+            config = dataclasses.replace(config, population=2, epochs=4, perturbation_interval=2, channels=16)
+        if (results / TUNE_DIR).exists() and not config.overwrite:
+            raise FileExistsError(f"{results}: already holds an experiment; pass --resume, --overwrite or --results")
+    _validate(config)
+    return config, results
+
+
+def _validate(config: ExperimentConfig) -> None:
+    problems = []
+    if config.population < 2:
+        problems.append(f"--population must be at least 2, got {config.population}")
+    if config.perturbation_interval < 1 or config.perturbation_interval > config.epochs:
+        problems.append(f"--perturbation-interval must lie in 1..--epochs ({config.epochs})")
+    low, high = config.initial_lr_range
+    if not (0 < low <= high and math.isfinite(high)):
+        problems.append(f"--initial-lr-range needs 0 < LOW <= HIGH, both finite, got {low} {high}")
+    if config.workers_per_trial < 1:
+        problems.append("--workers-per-trial must be at least 1")
+    if config.cpus_per_worker is not None and not (
+        math.isfinite(config.cpus_per_worker) and config.cpus_per_worker > 0
+    ):
+        problems.append(f"--cpus-per-worker must be a finite number > 0, got {config.cpus_per_worker}")
+    shared = ("optimizer", "batch_size", "weight_decay", "label_smoothing", "channels", "epochs")
+    try:  # the members' shared settings, checked as TrainConfig will check them, before Ray starts
+        TrainConfig(**{name: getattr(config, name) for name in shared}, num_workers=config.workers_per_trial)
+    except ValueError as err:
+        problems.append(str(err))
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def size_members(cpus: float, population: int, workers: int, requested: float | None) -> tuple[float, int]:
+    """CPUs per worker and concurrent members, so that members never wait for each other's CPUs.
+
+    Returns:
+        The CPU share of each worker and how many members run at once.
+    """
+    free = cpus - population * TRIAL_FUNCTION_CPUS  # each member's Tune function holds a sliver too
+    share = requested or max(MIN_CPUS_PER_WORKER, free / (population * workers))
+    share = math.floor(share) if share >= 1 else math.floor(share * 20) / 20
+    concurrent = max(1, min(population, int(free / (workers * share) + 1e-6)))
+    return share, concurrent
+
+
+def _results_folder(results: str | None) -> Path:
+    reject_uri(results)
+    folder = Path(results).resolve() if results else (Path("results") / time.strftime("tune-%Y%m%d-%H%M%S")).resolve()
+    check_creatable(folder, "--results", folder=True)  # before the data is read and Ray starts
+    return folder
+
+
+def build_pbt_record(member_logs: dict[str, list[dict[str, Any]]], config: Any, best_trial: str) -> dict:
+    """The per-member record of ``pbt.json``: configs over time, exploits (donor and epoch), final metrics.
+
+    Args:
+        member_logs: Each trial's report rows (``members/*.jsonl``).
+        config: The experiment's settings (an :class:`ExperimentConfig` or anything with its attributes).
+        best_trial: The shipped ensemble's best member.
+    """
+    keep = ("epoch", *NAMES, "val_acc", "val_loss", "val_macro_f1", "train_loss", "diverged")
+    keep += ("exploited_from", "restored_epoch", "skipped_steps", "grad_norm_mean", "train_run", "reported_at")
+    trials: dict[str, Any] = {}
+    for trial_id, rows in member_logs.items():
+        if not rows:
+            continue
+        history = [{k: row.get(k) for k in keep} for row in rows]
+        exploits = [
+            {
+                "report_index": i,
+                "donor": row["exploited_from"],
+                "donor_epoch": int(row["restored_epoch"]),
+                **{name: row[name] for name in NAMES},
+            }
+            for i, row in enumerate(history)
+            if row.get("exploited_from")
+        ]
+        trials[trial_id] = {
+            "initial_config": {name: history[0][name] for name in NAMES},
+            "final_config": {name: history[-1][name] for name in NAMES},
+            "history": history,
+            "exploits": exploits,
+            "final": {k: history[-1][k] for k in ("epoch", "val_acc", "val_loss", "diverged")},
+        }
+    return {
+        "metric": config.metric,
+        "mode": config.mode,
+        "population": config.population,
+        "epochs": config.epochs,
+        "perturbation_interval": config.perturbation_interval,
+        "best_trial": best_trial,
+        "trials": trials,
+    }
+
+
+def _member_config(config: ExperimentConfig) -> tuple[TrainConfig, int]:
+    """The members' shared training settings, sized to the connected cluster, and how many members run at once."""
+    if config.gpu and cluster_gpus() < config.workers_per_trial:
+        raise ValueError(
+            f"--gpu needs {config.workers_per_trial} GPUs per member; the cluster has {cluster_gpus():.0f}"
+        )
+    share, concurrent = size_members(
+        cluster_cpus(), config.population, config.workers_per_trial, config.cpus_per_worker
+    )
+    if config.gpu:  # members are sized by GPUs: each worker holds one for the whole experiment
+        concurrent = max(1, min(config.population, int(cluster_gpus() // config.workers_per_trial)))
+    base = config.shared_training(
+        num_workers=config.workers_per_trial,
+        cpus_per_worker=share,
+        use_gpu=config.gpu,
+        # A member reports a checkpoint every epoch (4.3 MB, 11-16 ms to write and copy here), so that a member in
+        # trouble can be replaced by the best member's latest state at once; Train keeps the latest two, Tune
+        # copies what it needs.
+        checkpoint_every=1,
+        keep_checkpoints=2,
+    )
+    return base, concurrent
+
+
+def _make_tuner(
+    config: ExperimentConfig, trainable: Any, base: TrainConfig, concurrent: int, num_classes: int, results: Path
+) -> tune.Tuner:
+    """Tune's population: restored from ``results`` on --resume, else a new grid of members under PBT."""
+    if config.resume:
+        return tune.Tuner.restore(str(results / TUNE_DIR), trainable=trainable, resume_errored=True)
+    options = PopulationOptions(unstable=not config.stable_start, lr_range=tuple(config.initial_lr_range), base=base)
+    members = initial_population(config.population, options)
+    scheduler = make_scheduler(config.perturbation_interval, config.seed, num_classes, config.metric, config.mode)
+    return tune.Tuner(
+        trainable,
+        param_space={
+            MEMBER_KEY: tune.grid_search(list(range(config.population))),
+            **{name: tune.sample_from(lambda spec, n=name: members[spec[MEMBER_KEY]][n]) for name in NAMES},
+        },
+        tune_config=tune.TuneConfig(
+            # The population's grid; finished only when every member has ended, so Tune keeps members' processes.
+            search_alg=PopulationSearch(max_concurrent=concurrent),
+            scheduler=scheduler,
+            # A member keeps its process, and its TorchTrainer, across exploits (tuning/pbt.py).
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(results),
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_frequency=1,
+                checkpoint_at_end=True,
+                # Per member, 4.3 MB each here. A donor's checkpoint must outlive the exploit decision until the
+                # clone has loaded it: with the member's process kept that is the next second (epochs take
+                # 0.5-2 s), and a clone that needs a new process takes 5-10 s more.
+                num_to_keep=KEEP_TUNE_CHECKPOINTS,
+            ),
+            failure_config=tune.FailureConfig(max_failures=1),
+            # Tune's boxed tables (a box per report) drown the story; PopulationProgress prints a line instead.
+            verbose=0,
+            callbacks=[PopulationProgress(config.epochs, results / TENSORBOARD_DIR)],
+        ),
+    )
+
+
+def _ship(
+    config: ExperimentConfig, grid: Any, dataset: PatchDataset, results: Path, elapsed: float
+) -> ExperimentResult:
+    """Test the final population's healthy members as an ensemble, bundle it and write the records.
+
+    Raises:
+        ExperimentInterrupted: A member has not reached the last epoch (the fit was stopped).
+        RuntimeError: No member left a checkpoint.
+    """
+    errors = [str(e).splitlines()[0] for e in grid.errors]
+    unfinished = [r for r in grid if r.error is None and (r.metrics or {}).get("epoch", 0) < config.epochs]
+    if unfinished:
+        raise ExperimentInterrupted(
+            f"{results}: interrupted with {len(unfinished)} member(s) unfinished; continue with "
+            f"python workflows/tune.py --resume --results {results}"
+        )
+    finished = {str(r.metrics.get("trial_id")): r for r in grid if r.checkpoint is not None and r.metrics}
+    if not finished:
+        raise RuntimeError(f"no member left a checkpoint; errors: {errors or 'none'}")
+    # The shipped ensemble: the final population's healthy members, best first (the best alone if none is healthy).
+    ranked = rank_members({trial_id: r.metrics for trial_id, r in finished.items()}, config.metric, config.mode)
+    chosen = [finished[trial_id] for trial_id in ranked]
+    best, best_trial = chosen[0], ranked[0]
+    members = [
+        {"trial_id": trial_id, config.metric: finished[trial_id].metrics.get(config.metric)} for trial_id in ranked
+    ]
+    with contextlib.ExitStack() as stack:
+        checkpoint_dirs = [stack.enter_context(r.checkpoint.as_directory()) for r in chosen]
+        metrics = evaluate_members(checkpoint_dirs, dataset.test)
+        metrics.update(best_trial=best_trial, best_config={name: best.config[name] for name in NAMES})
+        metrics.update(members=members, baselines=run_baselines(dataset), wall_seconds=elapsed)
+        write_json_atomic(results / TEST_METRICS_FILE, metrics)
+        summary = {key: metrics[key] for key in (*VARIANT_METRICS, "variant", "variants")}
+        export_bundle(
+            checkpoint_dirs,
+            results / BUNDLE_DIR,
+            members=members,
+            extra={"test_metrics": summary, "trial": best_trial},
+            overwrite=True,
+        )
+    record = build_pbt_record(read_member_logs(results / MEMBER_LOGS_DIR), config, best_trial)
+    write_json_atomic(results / PBT_FILE, record)
+    written = write_report(record, metrics, results / REPORT_DIR)
+    remove_train_runs(results / TRAIN_RUNS_DIR)
+    files = {"test_metrics": results / TEST_METRICS_FILE, "pbt": results / PBT_FILE, "bundle": results / BUNDLE_DIR}
+    return ExperimentResult(config, results, metrics, record, best_trial, ranked, errors, {**files, **written})
+
+
+def format_outcome(result: ExperimentResult) -> str:
+    """What the job prints at the end: the population's story, the test figures and the files written."""
+    record, metrics = result.record, result.metrics
+    diverged = sum(1 for t in record["trials"].values() if t["final"]["diverged"])
+    exploits = sum(len(t["exploits"]) for t in record["trials"].values())
+    best = ", ".join(f"{m.name} {m.text(metrics['best_config'][m.name])}" for m in MUTABLES)
+    lines = [
+        format_summary(record),
+        f"members diverged at the end: {diverged} of {len(record['trials'])}; exploits: {exploits}",
+        f"best member {result.best_trial} ({best})",
+        f"ensemble: {len(result.ensemble)} healthy member(s) at the end ({', '.join(result.ensemble)})",
+        format_test_summary(metrics),
+        f"wall time {metrics['wall_seconds']:.0f} s",
+    ]
+    if result.errors:
+        lines.append(f"members that failed: {len(result.errors)}: {result.errors[0]}")
+    lines += [f"wrote {path}" for path in result.files.values()]
+    lines.append(f"curves by epoch: tensorboard --logdir {result.results / TENSORBOARD_DIR}")
+    return "\n".join(lines)
