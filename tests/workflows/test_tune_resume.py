@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tuning.pbt import TRIAL_FOLDER_GLOB
+from tuning.experiment import MEMBER_LOGS_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 # Members checkpoint every epoch, and since workers keep their shard in memory an epoch takes about 0.1 s: enough
@@ -33,11 +33,13 @@ def test_interrupted_experiment_resumes_from_member_checkpoints(tmp_path):
         )  # fmt: skip
     deadline = time.monotonic() + 480
     while time.monotonic() < deadline and first.poll() is None:
-        # Both members have handed Tune their fourth checkpoint (epoch 4): interrupt, as Ctrl+C would.
-        if len(list((results / "tune").glob(f"{TRIAL_FOLDER_GLOB}/checkpoint_000003"))) >= 2:
+        # Both members have reported epoch 4 (with its checkpoint): interrupt, as Ctrl+C would. The member logs only
+        # grow; Tune's checkpoint folders are pruned to the latest few, so waiting for checkpoint_000003 in both
+        # could miss the moment (it did on CI: the run finished uninterrupted).
+        if sum(_reports(log) >= 4 for log in (results / MEMBER_LOGS_DIR).glob("*.jsonl")) >= 2:
             os.kill(first.pid, signal.SIGINT)
             break
-        time.sleep(0.25)
+        time.sleep(0.1)
     first.wait(timeout=300)
     output = log.read_text()
     assert first.returncode == 130, output[-3000:]
@@ -56,3 +58,8 @@ def test_interrupted_experiment_resumes_from_member_checkpoints(tmp_path):
         assert epochs[-1] == EPOCHS
         assert epochs.count(1) == 1, f"a member restarted from scratch: {epochs}"
     assert (results / "test_metrics.json").is_file()
+
+
+def _reports(member_log: Path) -> int:
+    """Reports a member has logged so far (one JSON line each; a line being written is not counted)."""
+    return member_log.read_text().count("\n")
