@@ -21,20 +21,19 @@ from data.format import PatchMetadata
 from data.messages import torch_load_failure
 from data.pipeline import BandStats
 from resnet import ResNet, ResNetConfig, unwrap
+from training.config import TrainConfig
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # What every checkpoint holds; ``command``, ``train_config`` and ``metrics`` are optional (older checkpoints).
 REQUIRED_KEYS = ("model", "optimizer", "epoch", "band_stats", "model_config", "metadata")
 
 
-def run_facts(
-    stats: BandStats, model_cfg: ResNetConfig, train_config: Mapping[str, Any], metadata: PatchMetadata
-) -> dict[str, Any]:
+def run_facts(stats: BandStats, model_cfg: ResNetConfig, train_config: TrainConfig, metadata: PatchMetadata) -> dict:
     """What a checkpoint carries besides the weights, so that a bundle can be rebuilt from it alone."""
     return {
         "band_stats": stats.to_dict(),
         "model_config": model_cfg.to_dict(),
-        "train_config": dict(train_config),
+        "train_config": train_config.to_dict(),
         "metadata": metadata.to_json(),
     }
 

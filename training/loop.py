@@ -317,10 +317,10 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
 
     model, model_cfg, optimizer, device = _build_worker_model(metadata, cfg, rank)
-    # 3. Restore: Ray's own checkpoint after a worker failure wins over the one we were started from.
+    # Restore: Ray's own checkpoint after a worker failure wins over the one we were started from.
     epoch, done_commands = _restore_start(model, optimizer, config.get("resume_from"))
 
-    # 4. Re-apply the mutated hyperparameters: loading optimizer state brought back the donor's.
+    # Re-apply the mutated hyperparameters: loading optimizer state brought back the donor's.
     apply_to_optimizer(optimizer, cfg)
     # A long-lived member may be handed to a trial that starts from scratch (Tune reuses its process): keep the
     # freshly seeded state for that.
@@ -333,7 +333,7 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     )
     first = True
 
-    # 5. Loop and report: one epoch per command (or per pass, without a control folder).
+    # Loop and report: one epoch per command (or per pass, without a control folder).
     while control is not None or epoch < cfg.epochs:
         command = next_command(control, done_commands + 1, rank, device)
         if command.get("stop"):
@@ -357,7 +357,7 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         with_checkpoint = control is not None or epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
         state = None
         if with_checkpoint and rank == 0:
-            facts = run_facts(stats, model_cfg, cfg.to_dict(), metadata)
+            facts = run_facts(stats, model_cfg, cfg, metadata)
             state = training_state(model, optimizer, epoch, done_commands, facts, metrics)
         _save_and_report(metrics, state, with_checkpoint, rank)
         if stop_requested(config.get("stop_file"), rank, device):
@@ -427,10 +427,10 @@ def _build_worker_model(
     """
     import ray.train.torch
 
-    # 1. Seed: the same initial weights on every worker (DDP also broadcasts rank 0's).
+    # Seed: the same initial weights on every worker (DDP also broadcasts rank 0's).
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed + rank)
-    # 2. Build, and check the model before spending any time on it.
+    # Build, and check the model before spending any time on it.
     model, model_cfg = build_model(metadata, cfg)
     optimizer = build_optimizer(model, cfg)
     _preflight(model, optimizer, model_cfg, cfg.seed)

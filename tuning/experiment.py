@@ -18,14 +18,13 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
-import yaml
 from ray import tune
 
 from data import DEFAULT_DATASET_DIR
-from data.atomic import check_creatable, write_file_atomic, write_json_atomic
+from data.atomic import check_creatable, write_json_atomic
 from data.format import PatchDataset, read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
 from serving.baselines import format_test_summary, run_baselines
@@ -33,6 +32,7 @@ from serving.bundle import export_bundle
 from serving.evaluate import TEST_METRICS_FILE, VARIANT_METRICS, evaluate_members, rank_members
 from training.cluster import cluster_cpus, cluster_gpus, connect
 from training.config import TrainConfig, reject_uri
+from training.config_file import plain_setting, write_config
 from training.hyperparams import INITIAL_LR_RANGE, MUTABLES, NAMES, PopulationOptions, initial_population
 from tuning.pbt import MEMBER_KEY, METRIC, MODE, PBTMember, make_scheduler, read_member_logs, remove_train_runs
 from tuning.progress import TENSORBOARD_DIR, PopulationProgress
@@ -119,14 +119,7 @@ class ExperimentConfig:
 
     def settings(self) -> dict[str, Any]:
         """The experiment's settings as plain values (the files it keeps), without the invocation's."""
-        body = {}
-        for name, value in dataclasses.asdict(self).items():
-            if name in INVOCATION_ONLY:
-                continue
-            body[name] = (
-                str(value) if isinstance(value, PurePath) else list(value) if isinstance(value, tuple) else value
-            )
-        return body
+        return {k: plain_setting(v) for k, v in dataclasses.asdict(self).items() if k not in INVOCATION_ONLY}
 
 
 @dataclass(frozen=True)
@@ -165,8 +158,7 @@ def tune_experiment(config: ExperimentConfig) -> ExperimentResult:
     results.mkdir(parents=True, exist_ok=True)
     if not config.resume:
         write_json_atomic(results / EXPERIMENT_FILE, config.settings())
-        text = yaml.safe_dump(config.settings(), sort_keys=False, default_flow_style=None)
-        write_file_atomic(results / CONFIG_FILE, lambda handle: handle.write(text.encode()))  # for --config
+        write_config(results / CONFIG_FILE, config.settings())  # the experiment as a file --config takes
     print(
         f"PBT: {config.population} members x {config.epochs} epochs, perturbation every "
         f"{config.perturbation_interval}, {concurrent} at a time, {config.workers_per_trial} worker(s) x "

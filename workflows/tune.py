@@ -19,8 +19,8 @@ from pathlib import Path
 
 from data.format import PatchFormatError
 from training.config import AUGMENTATIONS, OPTIMIZERS
+from training.config_file import add_config_flags, parse_args
 from tuning.experiment import ExperimentConfig, ExperimentInterrupted, format_outcome, tune_experiment
-from workflows.config_file import add_config_flags, parse_args
 from workflows.flags import non_negative_float, positive_float, positive_int, unit_fraction
 
 DEFAULTS = ExperimentConfig()

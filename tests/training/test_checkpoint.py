@@ -16,6 +16,7 @@ from training.checkpoint import (
     save_checkpoint,
     training_state,
 )
+from training.config import TrainConfig
 
 METADATA = PatchMetadata(bands=("b1", "b2", "b3", "b4"), height=8, width=8, classes=("a", "b", "c"))
 
@@ -28,7 +29,7 @@ def _run() -> tuple[ResNet, torch.optim.Optimizer, dict]:
     model(torch.randn(2, 4, 8, 8)).sum().backward()
     optimizer.step()  # the optimizer now has moments to save
     stats = BandStats(mean=np.arange(4.0), std=np.ones(4))
-    facts = run_facts(stats, config, {"lr": 0.01, "augment": "d4"}, METADATA)
+    facts = run_facts(stats, config, TrainConfig(lr=0.01, augment="flips"), METADATA)
     return model, optimizer, facts
 
 
@@ -38,7 +39,7 @@ def test_a_training_state_round_trips_and_rebuilds_the_network(tmp_path):
     save_checkpoint(tmp_path, state)
     loaded = load_checkpoint(tmp_path)
     assert (loaded["epoch"], loaded["command"], loaded["metrics"]) == (3, 5, {"val_acc": 0.5})
-    assert loaded["train_config"] == {"lr": 0.01, "augment": "d4"}
+    assert TrainConfig.from_dict(loaded["train_config"]) == TrainConfig(lr=0.01, augment="flips")
     assert PatchMetadata.from_json(loaded["metadata"]) == METADATA
     assert BandStats.from_dict(loaded["band_stats"]).mean.tolist() == [0.0, 1.0, 2.0, 3.0]
     # The wrapper's prefix is not saved (DDP wraps the same way): the bare network loads the weights.

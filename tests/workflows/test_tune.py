@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from training.config import GRAD_CLIP, LR
+from training.config_file import parse_args
 from training.hyperparams import CLIP_CHOICES
 from tuning.experiment import ExperimentConfig, size_members, tune_experiment
-from workflows.config_file import parse_args
 from workflows.tune import build_parser
 
 REPO = Path(__file__).resolve().parents[2]

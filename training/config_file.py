@@ -153,15 +153,14 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
 
 def settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     """The experiment's effective settings: every flag of the parser that belongs in a file, as plain values."""
-    body = {}
-    for dest in _actions(parser):
-        value = getattr(args, dest, None)
-        if isinstance(value, PurePath):
-            value = str(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        body[dest] = value
-    return body
+    return {dest: plain_setting(getattr(args, dest, None)) for dest in _actions(parser)}
+
+
+def plain_setting(value: Any) -> Any:
+    """A setting as a file holds it: paths as strings, tuples as lists, anything else as it is."""
+    if isinstance(value, PurePath):
+        return str(value)
+    return list(value) if isinstance(value, tuple) else value
 
 
 def dump_config(body: dict[str, Any], kind: str = "yaml") -> str:
@@ -177,7 +176,7 @@ def dump_config(body: dict[str, Any], kind: str = "yaml") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_config(path: str | os.PathLike, parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
-    """Keep the experiment's effective settings in its folder as a YAML file another run can take as ``--config``."""
-    text = dump_config(settings(parser, args), "yaml")
+def write_config(path: str | os.PathLike, body: dict[str, Any]) -> Path:
+    """Keep an experiment's settings (flag names, plain values) as a YAML file another run can take as ``--config``."""
+    text = dump_config(body, "yaml")
     return write_file_atomic(Path(path), lambda handle: handle.write(text.encode()))

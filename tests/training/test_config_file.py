@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflows.config_file import ConfigFileError, dump_config, parse_args, settings
+from training.config_file import ConfigFileError, dump_config, parse_args, settings
 from workflows.tune import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
