@@ -23,10 +23,9 @@ from torch import nn
 
 from data.format import PatchDataset, PatchSplit, stratified_split
 from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats, D4Collate, compute_band_stats, normalise
-from resnet import ResNet, ResNetConfig
 from serving.evaluate import classification_metrics
 from training.config import TrainConfig
-from training.loop import EVAL_BATCH_SIZE, build_optimizer, train_epoch
+from training.loop import EVAL_BATCH_SIZE, build_model, build_optimizer, train_epoch
 
 CPU = torch.device("cpu")
 
@@ -209,14 +208,6 @@ class TrainResult:
     parameters: int = 0
 
 
-def build_resnet(dataset: PatchDataset, cfg: TrainConfig, upsample_to: int | None = None) -> ResNet:
-    """The fixed ResNet for a dataset's shape with the run's width and dropout (as ``training.loop`` builds it)."""
-    config = ResNetConfig.from_metadata(
-        dataset.metadata, channels=cfg.channels, dropout=cfg.dropout, upsample_to=upsample_to
-    )
-    return ResNet(config)
-
-
 def train_resnet(
     dataset: PatchDataset,
     data: NormalisedData,
@@ -246,7 +237,7 @@ def train_resnet(
     """
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = build_resnet(dataset, cfg, upsample_to)
+    model, _ = build_model(dataset.metadata, cfg, upsample_to)  # as the Train workers build it
     optimizer = build_optimizer(model, cfg)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     result = TrainResult(parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))

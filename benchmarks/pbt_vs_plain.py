@@ -1,6 +1,6 @@
 """Print the wall time of the PBT main job (workflows/tune.py) beside the same schedule as a plain PyTorch loop.
 
-First the real job runs: ``tuning.experiment.tune_experiment`` with tune.py's defaults (``--quick``: the smoke test)
+First the real job runs: ``jobs.experiment.tune_experiment`` with tune.py's defaults (``--quick``: the smoke test)
 on a local 2-CPU Ray cluster that this script starts. Then the same members
 (``training.hyperparams.initial_population``), epochs, data, batch size and per-member ``lr``/``grad_clip`` train
 one after another in this process, without Ray, with the same health guards (``training.loop.train_epoch``) and a
@@ -34,6 +34,7 @@ from torch import nn
 
 from data.format import PatchDataset, read_dataset
 from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, D4Collate, compute_band_stats, normalise
+from jobs.experiment import ExperimentConfig, format_outcome, tune_experiment
 from serving.evaluate import predict_probabilities
 from training.cluster import connect
 from training.config import GRAD_CLIP, LR, TrainConfig
@@ -46,7 +47,6 @@ from training.loop import (
     evaluate_shard,
     train_epoch,
 )
-from tuning.experiment import ExperimentConfig, format_outcome, tune_experiment
 
 CPUS = 2  # the cluster this script starts, and the plain loop's torch threads
 TARGET_RATIO = 1.8  # the issue's target for Ray wall time / plain wall time...

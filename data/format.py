@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -462,6 +462,12 @@ def split_counts(count: int, fractions: Sequence[float]) -> list[int]:
     return np.diff(np.r_[0, bounds]).tolist()
 
 
+def carve(pool: PatchSplit, fractions: Mapping[str, float], seed: int) -> dict[str, PatchSplit]:
+    """``pool`` cut into named parts of the given fractions (summing to 1), stratified by label, seeded."""
+    parts = stratified_split(pool.labels, list(fractions.values()), seed)
+    return {name: pool.take(rows) for name, rows in zip(fractions, parts, strict=True)}
+
+
 def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
     """Partition row indices into parts of the given fractions, class by class, with a fixed seed.
 
@@ -559,13 +565,11 @@ def _carve(dataset: PatchDataset, seed: int, source: Path) -> PatchDataset:
     fractions = [train_share + sum(shares[n] for n in ("val", "test") if n not in missing)]
     fractions += [shares[n] for n in missing]
     total = sum(fractions)
-    parts = stratified_split(train.labels, [f / total for f in fractions], seed)
-    for name, rows in zip(["train", *missing], parts, strict=True):
-        if len(rows) == 0:
+    carved = carve(train, {name: f / total for name, f in zip(["train", *missing], fractions, strict=True)}, seed)
+    for name, part in carved.items():
+        if len(part) == 0:
             raise PatchFormatError(
                 f"{source}: {len(train)} patches are too few to carve a non-empty {name} split from them"
             )
-    dataset.splits["train"] = train.take(parts[0])
-    for name, rows in zip(missing, parts[1:], strict=True):
-        dataset.splits[name] = train.take(rows)
+    dataset.splits.update(carved)
     return dataset

@@ -25,9 +25,9 @@ from data.format import (
     PatchFormatError,
     PatchMetadata,
     PatchSplit,
+    carve,
     check_dataset_replaceable,
     split_counts,
-    stratified_split,
     write_dataset,
 )
 from data.messages import brief_list, one_line, plain
@@ -122,7 +122,7 @@ def dataset_from_arrays(
         if len(labels) != len(pixels):
             raise NpzImportError(f"{source}: key '{y_key}' has {len(labels)} labels for {len(pixels)} patches")
 
-    bands = _names(arrays.get(BAND_NAMES), source, BAND_NAMES, default=[f"band_{i}" for i in range(shape[0])])
+    bands = _checked_names(arrays.get(BAND_NAMES), source, BAND_NAMES, default=[f"band_{i}" for i in range(shape[0])])
     if len(bands) != shape[0]:
         raise NpzImportError(f"{source}: key '{BAND_NAMES}' has {len(bands)} names for {shape[0]} bands of '{X}'")
     classes, indices = _classes(given, arrays.get(CLASS_NAMES), source)
@@ -244,7 +244,7 @@ def _strings(values: np.ndarray, source: str, key: str) -> list[str]:
         raise NpzImportError(f"{source}: key '{key}' holds bytes that are not UTF-8 text") from None
 
 
-def _names(values: np.ndarray | None, source: str, key: str, default: list[str]) -> list[str]:
+def _checked_names(values: np.ndarray | None, source: str, key: str, default: list[str]) -> list[str]:
     """Check a list of names (bands or classes): 1-D, strings, non-empty, unique."""
     if values is None:
         return default
@@ -267,7 +267,7 @@ def _classes(
     if len(set(kinds.values())) > 1:
         raise NpzImportError(f"{source}: keys {', '.join(_y_keys(given))} mix integer and string labels")
     strings = kinds["train"]
-    names = _names(class_names, source, CLASS_NAMES, default=[]) if class_names is not None else None
+    names = _checked_names(class_names, source, CLASS_NAMES, default=[]) if class_names is not None else None
     all_labels = np.concatenate([labels for _, labels in given.values()])
     if names is None:
         # Class names are the sorted distinct labels: "0".."k-1" for integer labels 0..k-1.
@@ -333,8 +333,7 @@ def _carve(
                 f"{'/'.join(part_names)} (fractions {', '.join(f'{f:g}' for f in fractions)}); "
                 f"it needs at least {need}"
             )
-    parts = stratified_split(pool.labels, fractions, seed)
-    return {name: pool.take(rows) for name, rows in zip(part_names, parts, strict=True)}
+    return carve(pool, dict(zip(part_names, fractions, strict=True)), seed)
 
 
 def _smallest_stratifiable(fractions: list[float]) -> int:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
+from data.messages import brief_list, one_line
 from resnet.config import ResNetConfig
 from resnet.model import ResNet, unwrap
 
@@ -154,9 +155,10 @@ class _ForwardTrace:
         for m, caller in self.unregistered:
             if any(True for _ in chain(m.parameters(), m.buffers())):
                 raise PreflightError(
-                    f"{_one_line(repr(m))} runs inside '{caller}' but is not registered in the model: it was created "
-                    "in forward() (fresh random weights every call, never trained, not in the optimizer) or kept in a "
-                    "plain list/dict; build it once in __init__ and assign it to self (or use nn.ModuleList)"
+                    f"{one_line(repr(m), limit=None)} runs inside '{caller}' but is not registered in the model: it "
+                    "was created in forward() (fresh random weights every call, never trained, not in the optimizer) "
+                    "or kept in a plain list/dict; build it once in __init__ and assign it to self (or use "
+                    "nn.ModuleList)"
                 )
 
     def shared_modules(self, module: nn.Module) -> list[str]:
@@ -235,7 +237,7 @@ def _check_optimizer(params: dict[str, nn.Parameter], optimizer: torch.optim.Opt
     missing = [name for name, p in params.items() if p.requires_grad and id(p) not in in_optimizer]
     if missing:
         raise PreflightError(
-            f"{len(missing)} parameter(s) not in the optimizer, first {_names(missing)}: they would never be "
+            f"{len(missing)} parameter(s) not in the optimizer, first {_first(missing)}: they would never be "
             "updated; build the optimizer from model.parameters() after the model is complete"
         )
 
@@ -247,7 +249,7 @@ def _check_same_parameters(before: dict[str, nn.Parameter], module: nn.Module, w
     replaced = sorted(n for n in before.keys() & after.keys() if after[n] is not before[n])
     if added or removed or replaced:
         parts = [
-            f"{label} {_names(names)}"
+            f"{label} {_first(names)}"
             for label, names in (("new", added), ("removed", removed), ("replaced", replaced))
             if names
         ]
@@ -310,27 +312,23 @@ def _check_gradients(params: dict[str, nn.Parameter]) -> None:
     frozen = [name for name, p in params.items() if not p.requires_grad]
     if frozen:
         raise PreflightError(
-            f"{len(frozen)} parameter(s) have requires_grad=False, first {_names(frozen)}: they are never trained; "
+            f"{len(frozen)} parameter(s) have requires_grad=False, first {_first(frozen)}: they are never trained; "
             "unfreeze them or register them as buffers"
         )
     missing = [name for name, p in params.items() if p.grad is None]
     if missing:
         raise PreflightError(
-            f"{len(missing)} parameter(s) get no gradient, first {_names(missing)}: they are not used in forward() "
+            f"{len(missing)} parameter(s) get no gradient, first {_first(missing)}: they are not used in forward() "
             "(or their output is detached); remove them or use them (DDP also fails on unused parameters)"
         )
     nonfinite = [name for name, p in params.items() if not torch.isfinite(p.grad).all()]
     if nonfinite:
-        raise PreflightError(f"non-finite gradient in {_names(nonfinite)} on the first batch")
+        raise PreflightError(f"non-finite gradient in {_first(nonfinite)} on the first batch")
 
 
-def _names(names: Sequence[str], limit: int = 3) -> str:
-    shown = ", ".join(f"'{n}'" for n in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+def _first(names: Sequence[str]) -> str:
+    """The first three names, quoted, then how many there are in all."""
+    return brief_list(names, limit=3, quote=True)
 
 
 def _load_factory(spec: str) -> Callable[[ResNetConfig], nn.Module]:

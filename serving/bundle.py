@@ -36,6 +36,7 @@ from serving.evaluate import NO_TTA, ensemble_probabilities, read_members, tta_v
 
 WEIGHTS_FILE = "weights.pt"  # the best member's weights; the only weights file of a version-1 bundle
 INFO_FILE = "bundle.json"
+BUNDLE_DIR = "bundle"  # a results folder's bundle (train.py's and tune.py's)
 # Weights file names of the members after the best one: weights-1.pt, weights-2.pt, ...
 MEMBER_FILE_PATTERN = re.compile(r"weights(?:-[1-9][0-9]*)?\.pt")
 BUNDLE_FORMAT = "satresnet-model-bundle"

@@ -7,7 +7,6 @@ a checkpoint does not say).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,6 +19,7 @@ from data.format import PatchMetadata, PatchSplit
 from data.pipeline import DEFAULT_AUGMENTATION, BandStats, augmentation_elements, d4_transform, normalise
 from resnet import ResNet
 from training.checkpoint import load_checkpoint, model_from_state
+from training.config import ranking_score
 
 TEST_METRICS_FILE = "test_metrics.json"
 PREDICT_BATCH_SIZE = 1024
@@ -109,14 +109,7 @@ def rank_members(final: Mapping[str, Mapping[str, Any]], metric: str, mode: str)
     Returns:
         Trial ids, best first; ties keep the order of ``final``.
     """
-
-    def rank(trial_id: str) -> float:
-        value = final[trial_id].get(metric)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            return math.inf
-        return -value if mode == "max" else value
-
-    ranked = sorted(final, key=rank)
+    ranked = sorted(final, key=lambda trial_id: -ranking_score(final[trial_id], metric, mode))
     healthy = [trial_id for trial_id in ranked if not final[trial_id].get("diverged")]
     return healthy or ranked[:1]
 

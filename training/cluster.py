@@ -8,7 +8,7 @@ import time
 
 import ray
 
-from tuning.ray_private import quiet_ray_data_logs
+from training.ray_private import quiet_ray_data_logs
 
 log = logging.getLogger(__name__)
 

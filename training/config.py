@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -15,9 +16,12 @@ from data.pipeline import AUGMENTATIONS, DEFAULT_AUGMENTATION
 # re-applies these from its own config so that an exploited trial trains with its mutated values.
 LR = "lr"
 GRAD_CLIP = "grad_clip"
-MUTABLE = (LR, GRAD_CLIP)
 
 OPTIMIZERS = ("adamw", "sgd")
+# The reported metrics a run's checkpoints (and PBT's members) can be ranked by, and whether each is maximised.
+RANKABLE_METRICS = {"val_acc": "max", "val_macro_f1": "max", "val_loss": "min", "train_loss": "min"}
+# Validation accuracy: what a user of the classifier cares about, and the ranking the product always used.
+DEFAULT_METRIC = "val_acc"
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class TrainConfig:
         dropout: Dropout at the end of each residual block (the head has its own, ``ResNetConfig.head_dropout``).
         checkpoint_every: Report a checkpoint every this many epochs (PBT aligns its perturbation interval).
         keep_checkpoints: How many checkpoints Ray keeps (the best by validation accuracy).
+        metric: The reported metric checkpoints are ranked by (which Ray keeps, which is best), one of
+            ``RANKABLE_METRICS``; PBT ranks its members by the same one.
+        mode: ``max`` or ``min``: whether a higher ``metric`` is better; None (the default) takes the metric's own
+            direction from ``RANKABLE_METRICS``.
         augment: Training augmentation group, one of ``AUGMENTATIONS``: ``d4`` (all 8 flips and rotations; the
             default, as overhead land cover has no up), ``flips`` (the 4 that keep the axes, for data whose class
             changes under a quarter turn) or ``none``.
@@ -63,11 +71,19 @@ class TrainConfig:
     checkpoint_every: int = 1
     keep_checkpoints: int = 2
     augment: str = DEFAULT_AUGMENTATION
+    metric: str = DEFAULT_METRIC
+    mode: str | None = None  # None: the metric's own direction (RANKABLE_METRICS)
 
     def __post_init__(self) -> None:
+        if self.mode is None:  # frozen: set once here, so that every reader sees the resolved direction
+            object.__setattr__(self, "mode", RANKABLE_METRICS.get(self.metric, "max"))
         problems = []
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.metric not in RANKABLE_METRICS:
+            problems.append(f"metric must be one of {', '.join(RANKABLE_METRICS)}, got {self.metric!r}")
+        if self.mode not in ("max", "min"):
+            problems.append(f"mode must be max or min, got {self.mode!r}")
         if self.augment not in AUGMENTATIONS:
             problems.append(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -107,6 +123,20 @@ class TrainConfig:
     def clip_norm(self) -> float | None:
         """The clipping norm, or None when clipping is off."""
         return self.grad_clip if self.grad_clip else None
+
+
+def ranking_score(metrics: Mapping[str, Any], metric: str, mode: str) -> float:
+    """How good ``metrics`` are by ``metric``, higher being better in either mode; missing or non-finite is -inf.
+
+    Args:
+        metrics: One report.
+        metric: The ranking metric (a key of ``RANKABLE_METRICS``).
+        mode: ``max`` or ``min``.
+    """
+    value = metrics.get(metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return -math.inf
+    return float(value) if mode == "max" else -float(value)
 
 
 def reject_uri(value: object, flag: str = "--results") -> None:

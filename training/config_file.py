@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -22,6 +22,8 @@ import yaml
 
 from data.atomic import write_file_atomic
 
+# The file an experiment or training folder keeps its settings in (written by :func:`write_config`).
+CONFIG_FILE = "config.yaml"
 YAML_SUFFIXES = (".yaml", ".yml")
 TOML_SUFFIXES = (".toml",)
 # Flags that are about this invocation, not the experiment: never read from nor written to a file.
@@ -126,8 +128,19 @@ def _one(action: argparse.Action, where: str, value: Any, base: Path) -> Any:
     return converted
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+    effective: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
+) -> argparse.Namespace:
     """Parse ``argv`` with the ``--config`` file's values as defaults; handle ``--print-config``.
+
+    Args:
+        parser: The entry script's parser, with :func:`add_config_flags`.
+        argv: The arguments (default: the command line's).
+        effective: The settings ``--print-config`` prints, from the parsed flags (default: every flag that belongs
+            in a file, as given); a script whose config resolves a value (a default that depends on another) passes
+            its config's own settings.
 
     Raises:
         ConfigFileError: The file or one of its keys or values is refused (one line naming file and key).
@@ -146,7 +159,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
         parser.set_defaults(**values)
     args = parser.parse_args(argv)
     if args.print_config:
-        print(dump_config(settings(parser, args), _file_format(args.config) if args.config else "yaml"), end="")
+        body = effective(args) if effective is not None else settings(parser, args)
+        print(dump_config(body, _file_format(args.config) if args.config else "yaml"), end="")
         raise SystemExit(0)
     return args
 
@@ -163,10 +177,19 @@ def plain_setting(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+class _SettingsDumper(yaml.SafeDumper):
+    """One key per line, and a list (a flag's values) on its key's line: ``initial_lr_range: [0.001, 3.0]``."""
+
+
+_SettingsDumper.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+)
+
+
 def dump_config(body: dict[str, Any], kind: str = "yaml") -> str:
     """``body`` as a YAML or TOML document (TOML has no null: unset values are left out, with a comment)."""
     if kind == "yaml":
-        return yaml.safe_dump(body, sort_keys=False, default_flow_style=None)
+        return yaml.dump(body, Dumper=_SettingsDumper, sort_keys=False, default_flow_style=False)
     lines = []
     for key, value in body.items():
         if value is None:

@@ -18,7 +18,7 @@ ships a detached cleaner actor for that case, which asks the dashboard's state A
 controller lives. Measured here, it cost one more Python process per run and 12 s of every run's shutdown (the time
 it takes to stop), and under load its thread died on a timed-out query (RpcError), after which a dead member's group
 is never removed and the member's next run waits for CPUs without end (the likely cause of a PBT test that hung in
-CI). We run without it (``tuning.ray_private.TorchTrainerWithoutCleaner``) and do the job ourselves where it
+CI). We run without it (``training.ray_private.TorchTrainerWithoutCleaner``) and do the job ourselves where it
 arises: a run
 given an ``owner`` (a PBT member) records its placement group in Ray's key-value store, removes it itself when the
 caller stops it, and the owner's next run removes any group a dead predecessor left behind. Runs without an owner
@@ -48,9 +48,9 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig
 
 from data.format import PatchMetadata
 from data.pipeline import BandStats
-from training.config import TrainConfig
+from training.config import TrainConfig, ranking_score
 from training.loop import PLACEMENT_GROUP_KEY, STOP_NAME, command_name, train_func_per_worker
-from tuning.ray_private import (
+from training.ray_private import (
     TorchTrainerWithoutCleaner,
     apply_train_settings,
     forget_placement_group,
@@ -68,8 +68,6 @@ GRACEFUL_STOP_S = 20.0
 # Next to the folder where Train keeps its runs: one folder per run for the report hand-off and the stop file, so
 # nothing is left in the system temp folder, and nothing is written into folders Train owns.
 CONTROL_DIR = ".control"
-# Checkpoints are ranked (for retention and the best one) by this metric.
-METRIC = "val_acc"
 POLL_S = 0.05
 ACK_POLL_S = 0.01
 # Worker-group start-ups that may time out (60 s each by default) before the run fails instead of waiting on.
@@ -83,7 +81,7 @@ class TrainingOutcome:
 
     Attributes:
         result: Ray Train's result object.
-        best_checkpoint: Folder of the checkpoint with the highest ``val_acc``, or None.
+        best_checkpoint: Folder of the best checkpoint by the config's ``metric``, or None.
         best_metrics: The metrics reported with that checkpoint.
         history: Every epoch's metrics (rank 0's), in order.
         worker_metrics: Every epoch's metrics as each worker reported them (index = rank).
@@ -239,9 +237,10 @@ def _start_run(
     trainer = TorchTrainerWithoutCleaner(
         train_func_per_worker,
         train_loop_config={
-            "train": cfg.to_dict(),
-            "metadata": metadata.to_json(),
-            "band_stats": stats.to_dict(),
+            # The frozen dataclasses themselves: Ray pickles them, so nothing is converted on the way to the workers.
+            "train": cfg,
+            "metadata": metadata,
+            "band_stats": stats,
             "resume_from": resume_from,
             "stop_file": str(control / STOP_NAME),
             "control": str(control) if commanded else None,
@@ -262,8 +261,8 @@ def _start_run(
             failure_config=FailureConfig(max_failures=max_failures, controller_failure_limit=CONTROLLER_RETRIES),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.keep_checkpoints,
-                checkpoint_score_attribute=METRIC,
-                checkpoint_score_order="max",
+                checkpoint_score_attribute=cfg.metric,
+                checkpoint_score_order=cfg.mode,
             ),
             callbacks=[_ForwardReports(mailbox)],
             # Ray Train logs every report at INFO; our own line per epoch says it more briefly.
@@ -418,7 +417,7 @@ def run_training(
             same owner left behind, and removes its own if ``on_report`` raises.
 
     Returns:
-        The outcome, with the best checkpoint by validation accuracy.
+        The outcome, with the best checkpoint by ``cfg.metric`` (``cfg.mode``).
     """
     inputs = (cfg, metadata, stats, datasets, storage_path, name)
     run = _start_run(inputs, resume_from=resume_from, max_failures=max_failures, owner=owner)
@@ -445,6 +444,8 @@ def run_training(
     result = run.close()
     best_checkpoint, best_metrics = None, None
     if result.best_checkpoints:
-        checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1].get(METRIC, 0.0))
+        checkpoint, best_metrics = max(
+            result.best_checkpoints, key=lambda pair: ranking_score(pair[1], cfg.metric, cfg.mode)
+        )
         best_checkpoint = checkpoint.path
     return TrainingOutcome(result, best_checkpoint, best_metrics, history, worker_metrics)

@@ -31,8 +31,8 @@ from resnet.preflight import check as preflight_check
 from training.checkpoint import load_checkpoint, run_facts, save_checkpoint, training_state
 from training.config import TrainConfig
 from training.hyperparams import apply_to_optimizer, reported_values
+from training.ray_private import quiet_worker_logs
 from training.shard_cache import CachedShard, as_tensors
-from tuning.ray_private import quiet_worker_logs
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,13 @@ COMMAND_POLL_S = 0.01
 STOP_NAME = "stop"
 
 
-def build_model(metadata: PatchMetadata, cfg: TrainConfig) -> tuple[ResNet, ResNetConfig]:
-    """The ResNet for a dataset's shape and the run's width and dropout."""
-    model_cfg = ResNetConfig.from_metadata(metadata, channels=cfg.channels, dropout=cfg.dropout)
+def build_model(
+    metadata: PatchMetadata, cfg: TrainConfig, upsample_to: int | None = None
+) -> tuple[ResNet, ResNetConfig]:
+    """The ResNet for a dataset's shape and the run's width and dropout (``upsample_to``: see ``ResNetConfig``)."""
+    model_cfg = ResNetConfig.from_metadata(
+        metadata, channels=cfg.channels, dropout=cfg.dropout, upsample_to=upsample_to
+    )
     return ResNet(model_cfg), model_cfg
 
 
@@ -297,19 +301,20 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     """Train on one Ray Train worker; every worker runs this with the same ``config``.
 
     Args:
-        config: ``train`` (a :class:`TrainConfig` dict), ``metadata`` (the dataset's metadata JSON),
-            ``band_stats`` (a :class:`BandStats` dict), optionally ``resume_from`` (a checkpoint folder to start
-            from), ``stop_file`` (whose appearance ends the run after the current epoch's report) and ``control``
-            (a folder of commands: the run then waits for one before every epoch, see :func:`next_command`).
+        config: ``train`` (the :class:`TrainConfig`), ``metadata`` (the dataset's :class:`PatchMetadata`),
+            ``band_stats`` (the training split's :class:`BandStats`), optionally ``resume_from`` (a checkpoint
+            folder to start from), ``stop_file`` (whose appearance ends the run after the current epoch's report)
+            and ``control`` (a folder of commands: the run then waits for one before every epoch, see
+            :func:`next_command`).
     """
     import ray.train
     import ray.train.torch
 
     quiet_worker_logs()
 
-    cfg = TrainConfig.from_dict(config["train"])
-    metadata = PatchMetadata.from_json(config["metadata"])
-    stats = BandStats.from_dict(config["band_stats"])
+    cfg: TrainConfig = config["train"]
+    metadata: PatchMetadata = config["metadata"]
+    stats: BandStats = config["band_stats"]
     control = config.get("control")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()

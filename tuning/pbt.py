@@ -7,7 +7,7 @@ for Tune, and an exploit (Tune calls ``reset_config`` with the mutated values, t
 donor's checkpoint) only tells the waiting workers to load the donor's state and train on with the new values.
 
 Tune reuses a paused member's process (``reuse_actors=True``) only while its search may still hand out trials, so
-the search (:class:`tuning.ray_private.PopulationSearch`) stays open until every member has ended. A member
+the search (:class:`training.ray_private.PopulationSearch`) stays open until every member has ended. A member
 whose process Tune did not keep starts a new ``TorchTrainer`` from the checkpoint: slower, still correct.
 """
 
@@ -27,12 +27,10 @@ from data.pipeline import BandStats
 from training.config import TrainConfig
 from training.hyperparams import config_values, mutation_spaces
 from training.launch import MemberRun, unique_run_name
-from tuning.ray_private import RecoveringPBT, quiet_member_logs
+from training.ray_private import RecoveringPBT, quiet_member_logs
 
 log = logging.getLogger(__name__)
 
-METRIC = "val_acc"
-MODE = "max"
 TIME_ATTR = "epoch"
 # Written into each checkpoint the member hands to Tune, so a member restored from it knows its donor.
 OWNER_FILE = "owner.json"
@@ -44,7 +42,7 @@ MEMBER_KEY = "member"
 STUCK_CHANCE_FACTOR = 1.5
 
 
-def make_scheduler(perturbation_interval: int, seed: int, num_classes: int, metric: str = METRIC, mode: str = MODE):
+def make_scheduler(perturbation_interval: int, seed: int, num_classes: int, metric: str, mode: str) -> RecoveringPBT:
     """The PBT scheduler over the registry's mutable hyperparameters, perturbing every ``perturbation_interval``."""
     import random
 
@@ -59,7 +57,8 @@ def make_scheduler(perturbation_interval: int, seed: int, num_classes: int, metr
         quantile_fraction=0.5,
         resample_probability=0.25,
         hyperparam_mutations=mutation_spaces(),
-        stuck_below=STUCK_CHANCE_FACTOR / num_classes if metric == METRIC and mode == MODE else None,
+        # Chance level is a floor of accuracy only.
+        stuck_below=STUCK_CHANCE_FACTOR / num_classes if (metric, mode) == ("val_acc", "max") else None,
     )
 
 
@@ -72,7 +71,7 @@ class PBTMember(tune.Trainable):
     """One PBT member for the whole experiment: one ``TorchTrainer``, one epoch per step (see the module docstring).
 
     Tune passes ``setup`` the member's config (its mutable values) and, through ``tune.with_parameters``: ``base``
-    (the shared :class:`TrainConfig` dict), ``metadata_json``, ``stats`` (band statistics), ``datasets`` (the Ray
+    (the shared :class:`TrainConfig`), ``metadata`` (the dataset's), ``stats`` (band statistics), ``datasets`` (the Ray
     datasets shared by all members), ``storage_path`` (where the members' Train runs keep their checkpoints) and
     ``log_dir`` (the members' report logs: one JSON line per report, kept across exploits).
     """
@@ -80,16 +79,16 @@ class PBTMember(tune.Trainable):
     def setup(
         self,
         config: dict[str, Any],
-        base: dict[str, Any],
-        metadata_json: str,
-        stats: dict[str, Any],
+        base: TrainConfig,
+        metadata: PatchMetadata,
+        stats: BandStats,
         datasets: dict[str, Any],
         storage_path: str,
         log_dir: str,
     ) -> None:
         """Start the member's ``TorchTrainer`` with its initial values (see the class docstring for the arguments)."""
         quiet_member_logs()
-        self.base = TrainConfig.from_dict(base)
+        self.base = base
         self.log_dir = Path(log_dir)
         self.hyper = config_values(config)
         self.pending_load: str | None = None
@@ -101,8 +100,8 @@ class PBTMember(tune.Trainable):
         self.loads = 0
         inputs = (
             self.base.replace(**self.hyper),
-            PatchMetadata.from_json(metadata_json),
-            BandStats.from_dict(stats),
+            metadata,
+            stats,
             datasets,
             storage_path,
             unique_run_name(f"member-{self.trial_id}"),

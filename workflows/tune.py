@@ -6,8 +6,8 @@ Run it on a local Ray cluster as a Ray job (the dashboard at http://127.0.0.1:82
 
 Results land in one folder per experiment (``--results``, default ``results/tune-<time>`` under the directory the
 job runs in): ``test_metrics.json``, ``pbt.json``, ``bundle/``, ``report/`` (JSON and PNG plots) and ``tune/`` (Ray
-Tune's own records, used by ``--resume``). The experiment itself is :func:`tuning.experiment.tune_experiment`; this
-script parses the flags (and ``--config``) into its :class:`~tuning.experiment.ExperimentConfig` and prints the outcome.
+Tune's own records, used by ``--resume``). The experiment itself is :func:`jobs.experiment.tune_experiment`; this
+script parses the flags (and ``--config``) into its :class:`~jobs.experiment.ExperimentConfig` and prints the outcome.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 from data.format import PatchFormatError
-from training.config import AUGMENTATIONS, OPTIMIZERS
+from jobs.experiment import ExperimentConfig, ExperimentInterrupted, format_outcome, tune_experiment
+from training.config import AUGMENTATIONS, OPTIMIZERS, RANKABLE_METRICS
 from training.config_file import add_config_flags, parse_args
-from tuning.experiment import ExperimentConfig, ExperimentInterrupted, format_outcome, tune_experiment
 from workflows.flags import non_negative_float, positive_float, positive_int, unit_fraction
 
 DEFAULTS = ExperimentConfig()
@@ -69,8 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start every member with clipping (by default the upper half starts unclipped, and some diverge)",
     )
-    pbt.add_argument("--metric", default=DEFAULTS.metric, help="metric PBT ranks members by")
-    pbt.add_argument("--mode", choices=("max", "min"), default=DEFAULTS.mode, help="whether --metric is maximised")
+    pbt.add_argument(
+        "--metric",
+        choices=RANKABLE_METRICS,
+        default=DEFAULTS.metric,
+        help="metric PBT ranks members by (and Train their checkpoints)",
+    )
+    pbt.add_argument(
+        "--mode",
+        choices=("max", "min"),
+        default=None,
+        help="whether --metric is maximised (%(default)s: its own direction)",
+    )
     pbt.add_argument("--seed", type=int, default=DEFAULTS.seed)
     pbt.add_argument("--smoke-test", action="store_true", help="2 members, 4 epochs, small network: a quick check")
     train = parser.add_argument_group("training (shared by all members)")
@@ -98,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        config = ExperimentConfig.from_mapping(parse_args(build_parser(), argv))
+        args = parse_args(build_parser(), argv, lambda parsed: ExperimentConfig.from_mapping(parsed).settings())
+        config = ExperimentConfig.from_mapping(args)
         print(format_outcome(tune_experiment(config)))
     except (PatchFormatError, ValueError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from training.config import AUGMENTATIONS, TrainConfig, reject_uri
+from jobs.training_run import TrainJob
+from training.config import AUGMENTATIONS, TrainConfig, ranking_score, reject_uri
 from workflows import train, tune
 
 
@@ -54,4 +55,18 @@ def test_scripts_take_augment_from_the_config_choices(script, capsys):
 
 
 def test_train_script_puts_augment_into_its_config():
-    assert train.config_from_args(train.build_parser().parse_args(["--augment", "flips"])).augment == "flips"
+    assert TrainJob.from_mapping(train.build_parser().parse_args(["--augment", "flips"])).training.augment == "flips"
+
+
+def test_the_mode_defaults_to_the_metrics_direction_and_a_metric_must_be_reported():
+    assert TrainConfig().mode == "max" and TrainConfig(metric="val_loss").mode == "min"
+    assert TrainConfig(metric="val_loss", mode="max").mode == "max"
+    with pytest.raises(ValueError, match="metric must be one of val_acc"):
+        TrainConfig(metric="accuracy")
+
+
+def test_ranking_score_is_higher_for_better_and_lowest_for_missing():
+    assert ranking_score({"val_acc": 0.9}, "val_acc", "max") > ranking_score({"val_acc": 0.5}, "val_acc", "max")
+    assert ranking_score({"val_loss": 0.1}, "val_loss", "min") > ranking_score({"val_loss": 2.0}, "val_loss", "min")
+    for missing in ({}, {"val_acc": float("nan")}, {"val_acc": None}, {"val_acc": True}):
+        assert ranking_score(missing, "val_acc", "max") == float("-inf")

@@ -71,14 +71,14 @@ ONE_MORE = textwrap.dedent(
     import numpy as np
     from training import loop
     from tuning import pbt, progress, report
-    from tuning.experiment import build_pbt_record
+    from jobs.experiment import build_pbt_record
     from workflows import tune as tune_job
     from training.config import TrainConfig
 
     out = {}
     members = hp.initial_population(3)
     out["initial"] = [m["weight_decay"] for m in members]
-    out["mutations"] = sorted(pbt.make_scheduler(5, 0, 7)._hyperparam_mutations)
+    out["mutations"] = sorted(pbt.make_scheduler(5, 0, 7, "val_acc", "max")._hyperparam_mutations)
     cfg = TrainConfig().replace(**hp.config_values({**members[2], "lr": 1e-3, "grad_clip": 5.0}))
     model = loop.build_model(
         __import__("data.format", fromlist=["x"]).PatchMetadata(("a", "b"), 4, 4, ("x", "y")), cfg

@@ -11,7 +11,7 @@ from data.format import read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
 from training.config import GRAD_CLIP, LR, TrainConfig
 from training.launch import MemberRun, unique_run_name
-from tuning.ray_private import record_placement_group, release_placement_group
+from training.ray_private import record_placement_group, release_placement_group
 
 
 def test_a_recorded_placement_group_is_removed_once(ray_cluster):

@@ -5,7 +5,7 @@ resume), the dataset and its training statistics, the members' shared training s
 Tune's population under PBT, then the shipped ensemble's test, bundle, ``pbt.json`` and report. ``workflows/tune.py``
 is the command line around it; a notebook calls it directly::
 
-    from tuning.experiment import ExperimentConfig, tune_experiment
+    from jobs.experiment import ExperimentConfig, tune_experiment
     result = tune_experiment(ExperimentConfig(smoke_test=True, results="results/nb", address="local"))
     result.metrics["accuracy"], result.bundle
 """
@@ -28,25 +28,23 @@ from data.atomic import check_creatable, write_json_atomic
 from data.format import PatchDataset, read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
 from serving.baselines import format_test_summary, run_baselines
-from serving.bundle import export_bundle
+from serving.bundle import BUNDLE_DIR, export_bundle
 from serving.evaluate import TEST_METRICS_FILE, VARIANT_METRICS, evaluate_members, rank_members
 from training.cluster import cluster_cpus, cluster_gpus, connect
-from training.config import TrainConfig, reject_uri
-from training.config_file import plain_setting, write_config
+from training.config import RANKABLE_METRICS, TrainConfig, reject_uri
+from training.config_file import CONFIG_FILE, plain_setting, write_config
 from training.hyperparams import INITIAL_LR_RANGE, MUTABLES, NAMES, PopulationOptions, initial_population
-from tuning.pbt import MEMBER_KEY, METRIC, MODE, PBTMember, make_scheduler, read_member_logs, remove_train_runs
+from training.ray_private import PopulationSearch, apply_tune_settings, quiet_tune_timing_notes
+from tuning.pbt import MEMBER_KEY, PBTMember, make_scheduler, read_member_logs, remove_train_runs
 from tuning.progress import TENSORBOARD_DIR, PopulationProgress
-from tuning.ray_private import PopulationSearch, apply_tune_settings, quiet_tune_timing_notes
 from tuning.report import format_summary, write_report
 
 TRAIN_DEFAULTS = TrainConfig()
 EXPERIMENT_FILE = "experiment.json"
-CONFIG_FILE = "config.yaml"
 PBT_FILE = "pbt.json"
 TUNE_DIR = "tune"
 TRAIN_RUNS_DIR = "train_runs"
 MEMBER_LOGS_DIR = "members"
-BUNDLE_DIR = "bundle"
 REPORT_DIR = "report"
 # Checkpoints Tune keeps per member (one every epoch; see the CheckpointConfig below).
 KEEP_TUNE_CHECKPOINTS = 6
@@ -75,8 +73,8 @@ class ExperimentConfig:
     perturbation_interval: int = 5  # epochs between exploit/explore steps (members checkpoint every epoch)
     initial_lr_range: tuple[float, float] = INITIAL_LR_RANGE  # spaced geometrically over the members
     stable_start: bool = False  # by default the upper half starts unclipped, so some members diverge
-    metric: str = METRIC  # what PBT ranks members by
-    mode: str = MODE  # whether ``metric`` is maximised
+    metric: str = TRAIN_DEFAULTS.metric  # what PBT ranks members by, and Train the members' checkpoints
+    mode: str | None = None  # whether ``metric`` is maximised; None: the metric's own direction
     seed: int = 0
     smoke_test: bool = False  # 2 members, 4 epochs, small network: a quick check
     optimizer: str = TRAIN_DEFAULTS.optimizer
@@ -103,6 +101,10 @@ class ExperimentConfig:
             chosen["data"] = Path(chosen["data"])
         return cls(**chosen)
 
+    def __post_init__(self) -> None:
+        if self.mode is None:  # frozen: resolved once, so that the files and the scheduler see the direction
+            object.__setattr__(self, "mode", RANKABLE_METRICS.get(self.metric, "max"))
+
     def shared_training(self, **scale: Any) -> TrainConfig:
         """The training settings every member shares; ``scale`` adds the others (workers, CPUs, checkpoints)."""
         return TrainConfig(
@@ -114,6 +116,8 @@ class ExperimentConfig:
             augment=self.augment,
             epochs=self.epochs,
             seed=self.seed,
+            metric=self.metric,
+            mode=self.mode,
             **scale,
         )
 
@@ -137,7 +141,7 @@ class ExperimentResult:
 
     @property
     def bundle(self) -> Path:
-        """The exported model bundle (``predict.py --bundle``)."""
+        """The exported model bundle (``predict.py --model``)."""
         return self.results / BUNDLE_DIR
 
 
@@ -169,9 +173,9 @@ def tune_experiment(config: ExperimentConfig) -> ExperimentResult:
     trainable = tune.with_resources(
         tune.with_parameters(
             PBTMember,
-            base=base.to_dict(),
-            metadata_json=dataset.metadata.to_json(),
-            stats=stats.to_dict(),
+            base=base,
+            metadata=dataset.metadata,
+            stats=stats,
             datasets=build_ray_datasets(dataset, stats),
             storage_path=str(results / TRAIN_RUNS_DIR),
             log_dir=str(results / MEMBER_LOGS_DIR),
@@ -223,9 +227,8 @@ def _validate(config: ExperimentConfig) -> None:
         math.isfinite(config.cpus_per_worker) and config.cpus_per_worker > 0
     ):
         problems.append(f"--cpus-per-worker must be a finite number > 0, got {config.cpus_per_worker}")
-    shared = ("optimizer", "batch_size", "weight_decay", "label_smoothing", "channels", "epochs")
     try:  # the members' shared settings, checked as TrainConfig will check them, before Ray starts
-        TrainConfig(**{name: getattr(config, name) for name in shared}, num_workers=config.workers_per_trial)
+        config.shared_training(num_workers=config.workers_per_trial)
     except ValueError as err:
         problems.append(str(err))
     if problems:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from jobs.experiment import EXPERIMENT_FILE, INVOCATION_ONLY, ExperimentConfig, _experiment
 from training.config_file import NOT_IN_FILES
-from tuning.experiment import EXPERIMENT_FILE, INVOCATION_ONLY, ExperimentConfig, _experiment
 from workflows.tune import build_parser
 
 

@@ -3,7 +3,7 @@
 Ray is pinned to 2.60.0 in pyproject.toml; each entry names the test that fails when the behaviour changes.
 
 - :data:`TRAIN_ENV` and :data:`TUNE_ENV`: environment settings read by Ray's internals; pinned by
-  ``tests/tuning/test_ray_private.py`` (Ray still reads each name) and, for Tune's quiet console,
+  ``tests/training/test_ray_private.py`` (Ray still reads each name) and, for Tune's quiet console,
   ``tests/workflows/test_tune_job.py``.
 
 - :class:`TorchTrainerWithoutCleaner` overrides Train V2's ``_create_default_callbacks`` to drop the detached
@@ -16,13 +16,13 @@ Ray is pinned to 2.60.0 in pyproject.toml; each entry names the test that fails 
   ``tests/workflows/test_tune.py``.
 - :class:`PopulationSearch` reads ``BasicVariantGenerator._live_trials`` and relies on Tune caching a paused
   member's actor only while the search is not finished (``TuneController._maybe_cache_trial_actor``); pinned by
-  ``tests/tuning/test_ray_private.py`` and ``tests/workflows/test_tune.py`` (members keep their Train run
+  ``tests/training/test_ray_private.py`` and ``tests/workflows/test_tune.py`` (members keep their Train run
   across exploits).
 - The log quieting below names Ray loggers by module path (``ray.data._internal.progress``,
   ``ray.train.v2._internal.execution.context``); ``tests/workflows/test_tune_job.py`` fails when Tune's boxes or
   Ray Data's per-pass lines come back. The rest of the job's quiet comes from public settings:
   ``ray.LoggingConfig(log_level="WARNING")`` (``training/cluster.py``) and Tune's ``verbose=0``
-  (``tuning/experiment.py``).
+  (``jobs/experiment.py``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Pins for tuning/ray_private.py that need no cluster: the Ray settings it sets are still read by Ray 2.60."""
+"""Pins for training/ray_private.py that need no cluster: the Ray settings it sets are still read by Ray 2.60."""
 
 from pathlib import Path
 
 import pytest
 import ray
 
-from tuning.ray_private import TRAIN_ENV, TUNE_ENV, PopulationSearch
+from training.ray_private import TRAIN_ENV, TUNE_ENV, PopulationSearch
 
 RAY_SOURCE = Path(ray.__file__).parent
 
@@ -22,7 +22,7 @@ def _ray_reads(name: str) -> bool:
 
 @pytest.mark.parametrize("name", sorted({**TRAIN_ENV, **TUNE_ENV}))
 def test_every_setting_is_still_read_by_ray(name):
-    assert _ray_reads(name), f"Ray {ray.__version__} no longer reads {name}; see tuning/ray_private.py"
+    assert _ray_reads(name), f"Ray {ray.__version__} no longer reads {name}; see training/ray_private.py"
 
 
 def test_the_population_search_stays_open_until_every_member_ended():
@@ -39,7 +39,7 @@ def test_the_population_search_stays_open_until_every_member_ended():
 def test_a_member_in_trouble_is_diverged_or_near_chance_after_its_first_interval():
     from tuning.pbt import make_scheduler
 
-    scheduler = make_scheduler(perturbation_interval=5, seed=0, num_classes=7)
+    scheduler = make_scheduler(perturbation_interval=5, seed=0, num_classes=7, metric="val_acc", mode="max")
     assert scheduler._in_trouble({"epoch": 1, "val_acc": 0.9, "diverged": True})
     assert not scheduler._in_trouble({"epoch": 4, "val_acc": 0.15, "diverged": False}), "too early to call it stuck"
     assert scheduler._in_trouble({"epoch": 5, "val_acc": 0.15, "diverged": False})
@@ -66,7 +66,7 @@ def _rescuer(monkeypatch):
 
     from tuning.pbt import make_scheduler
 
-    scheduler = make_scheduler(perturbation_interval=5, seed=0, num_classes=7)
+    scheduler = make_scheduler(perturbation_interval=5, seed=0, num_classes=7, metric="val_acc", mode="max")
     exploits = []
     monkeypatch.setattr(scheduler, "_exploit", lambda controller, trial, donor: exploits.append((trial, donor)))
     monkeypatch.setattr(PopulationBasedTraining, "on_trial_result", lambda *args: "CONTINUE")
