@@ -388,7 +388,7 @@ def write_predictions(
     context.raise_original_map_exception = True
     hide_user_code_error_notes()  # the one-line error below says it all
     columns = [PATCH_ID, PIXELS] + ([LABEL] if info.labelled else [])  # labels are read to be validated
-    ds = ray.data.read_parquet(str(source), columns=columns, num_cpus=IO_TASK_CPUS)
+    ds = ray.data.read_parquet(str(source), num_cpus=IO_TASK_CPUS).select_columns(columns)
     ds = ds.map_batches(
         validate_block,
         batch_format="pyarrow",
@@ -467,7 +467,7 @@ def check_predictions(source: Path, info: PatchFileInfo, parts: list[Path], clas
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64) if info.labelled else None
     checked = 0
     for given, predicted in _aligned(left, right):
-        if given.column(PATCH_ID).cast(pa.string()) != predicted.column(PATCH_ID):
+        if not given.column(PATCH_ID).cast(pa.string()).equals(predicted.column(PATCH_ID).cast(pa.string())):
             checked = -1
             break
         checked += len(given)
@@ -494,8 +494,8 @@ def predict_run(config: PredictConfig, progress: Callable[[str], None] | None = 
         ValueError: The output's folder cannot be written.
     """
     say = progress or log.info
+    check_not_a_source(config.output, config.input, config.model)  # first: it names what the output would replace
     check_output(config.output, config.overwrite)
-    check_not_a_source(config.output, config.input, config.model)
     bundle = load_bundle(config.model)
     with input_file(config.input, config.split) as (source, where):
         info = read_file_info(source, require_labels=False)
