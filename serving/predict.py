@@ -73,10 +73,10 @@ PART_ROWS = 50_000
 BLOCK_BYTES = 16 * 1024**2
 # CPUs each model actor holds; its torch intra-op threads are as many.
 ACTOR_CPUS = 1
-# Read, validation and write tasks reserve no CPU, and the actor pool leaves one CPU of the cluster to them: with
-# the pool holding every CPU the streamed read stalled for good here (Ray 2.60, 2 CPUs, 0-CPU reads included), and
-# reads reserving a CPU of their own would queue behind the actors.
-IO_TASK_CPUS = 0
+# The actor pool leaves one CPU of the cluster to the read, validation and write tasks, which reserve it: with the
+# pool holding every CPU the streamed read stalled for good here (Ray 2.60, 2 CPUs, 0-CPU reads included), and with
+# 0-CPU tasks beside a smaller pool Ray Data wrote whole blocks out of order at 50,000 patches (preserve_order set).
+IO_TASK_CPUS = 1
 IO_RESERVED_CPUS = 1
 # Rows per batch of the driver's check of the written predictions (ids and labels only: a few hundred KB).
 CHECK_ROWS = 16_384
@@ -162,20 +162,31 @@ class Predictor:
         threads: Torch intra-op threads of this actor (one per CPU it holds).
         ensemble: Average all the bundle's members (False: the best alone); None: the bundle's default.
         tta: Average over its test-time augmentation views (False: none); None: the bundle's default.
+        batch_size: Patches per forward pass; a block is classified in slices of this many.
     """
 
     def __init__(
-        self, bundle_dir: str, threads: int = ACTOR_CPUS, ensemble: bool | None = None, tta: bool | None = None
+        self,
+        bundle_dir: str,
+        threads: int = ACTOR_CPUS,
+        ensemble: bool | None = None,
+        tta: bool | None = None,
+        batch_size: int = PREDICT_BATCH_SIZE,
     ) -> None:
         torch.set_num_threads(threads)
+        self.batch_size = batch_size
         self.bundle = load_bundle(bundle_dir)
         self.ensemble, self.tta = ensemble, tta
         self.classes = np.asarray(self.bundle.metadata.classes, dtype=object)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Patch ids, predicted class names and class probabilities of one batch."""
+        """Patch ids, predicted class names and class probabilities of one batch (a whole block)."""
         pixels = np.asarray(batch[PIXELS], dtype=np.float32)  # (B, C, H, W), raw values
-        probabilities = self.bundle.predict_probabilities(pixels, ensemble=self.ensemble, tta=self.tta)  # (B, K)
+        slices = [
+            self.bundle.predict_probabilities(pixels[start : start + self.batch_size], self.ensemble, self.tta)
+            for start in range(0, len(pixels), self.batch_size)
+        ]
+        probabilities = np.concatenate(slices)  # (B, K)
         out = {PATCH_ID: batch[PATCH_ID], PREDICTED_LABEL: self.classes[probabilities.argmax(axis=1)]}
         for k, name in enumerate(self.bundle.metadata.classes):
             out[probability_column(name)] = probabilities[:, k]
@@ -403,19 +414,24 @@ def write_predictions(
             "threads": ACTOR_CPUS,
             "ensemble": mode.ensemble,
             "tta": mode.tta,
+            "batch_size": config.batch_size,
         },
-        batch_size=config.batch_size,
+        # Whole blocks, sliced into forward passes by the actor: with batch_size set here, Ray 2.60 wrote batches of
+        # 1,024 rows out of order at 50,000 patches, preserve_order notwithstanding (check_predictions caught it).
+        batch_size=None,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_cpus=ACTOR_CPUS,
     )
-    per_file = PART_ROWS if is_folder_output(config.output) else info.num_rows  # a file output: one write task
+    # A folder output: parts of PART_ROWS rows (the last one shorter); a file output: one write task, one file.
+    per_file = PART_ROWS if is_folder_output(config.output) else info.num_rows
     try:
         ds.write_parquet(
             str(staging),
             schema=schema,
             compression="zstd",
             min_rows_per_file=per_file,
+            max_rows_per_file=per_file,
             ray_remote_args={"num_cpus": IO_TASK_CPUS},
         )
     except BlockRowError as err:
