@@ -47,6 +47,39 @@ class PatchFormatError(ValueError):
     """A dataset file or folder does not follow the patch format; the message names where and what."""
 
 
+class PatchRowError(PatchFormatError):
+    """One row of a file breaks the format.
+
+    Args:
+        path: The file (or what the rows came from).
+        row: The row, counted from the first row of the table that was checked.
+        problem: What is wrong with it, without the file and row.
+    """
+
+    def __init__(self, path: str | os.PathLike, row: int, problem: str) -> None:
+        self.path, self.row, self.problem = str(path), int(row), problem
+        super().__init__(f"{path}: row {row}: {problem}")
+
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its fields, so that it crosses process boundaries (Ray tasks) with them.
+        return type(self), (self.path, self.row, self.problem)
+
+
+@dataclass(frozen=True)
+class PatchFileInfo:
+    """What a patch file's footer says, read without its rows.
+
+    Attributes:
+        metadata: The validated ``patches`` metadata.
+        num_rows: Rows in the file.
+        labelled: Whether the file has a ``label`` column.
+    """
+
+    metadata: PatchMetadata
+    num_rows: int
+    labelled: bool
+
+
 @dataclass(frozen=True)
 class PatchMetadata:
     """What a dataset's pixels mean: band names, patch size and class names (in index order).
@@ -344,25 +377,86 @@ def read_split(path: str | os.PathLike, *, require_labels: bool = True) -> tuple
     path = Path(path)
     schema = _read_schema(path)
     metadata = _metadata_of(schema, path)
+    _check_columns(schema, path, require_labels)
+    table = _read_table(path)
+    if table.num_rows == 0:
+        raise PatchFormatError(f"{path}: file has no rows")
+
+    ids = _read_ids(table, path)
+    pixels, labels = check_rows(table, path, metadata)
+    return PatchSplit(patch_ids=ids, pixels=pixels, labels=labels), metadata
+
+
+def read_file_info(path: str | os.PathLike, *, require_labels: bool = True) -> PatchFileInfo:
+    """Read and validate what a patch file's footer holds (metadata, columns, row count), not its rows.
+
+    Raises:
+        PatchFormatError: The file is missing, empty, unreadable, lacks its metadata or a column, or has no rows;
+            the same messages as :func:`read_split`.
+    """
+    path = Path(path)
+    schema = _read_schema(path)
+    metadata = _metadata_of(schema, path)
+    _check_columns(schema, path, require_labels)
+    try:
+        num_rows = pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise _corrupt(path, err) from None
+    if num_rows == 0:
+        raise PatchFormatError(f"{path}: file has no rows")
+    return PatchFileInfo(metadata=metadata, num_rows=num_rows, labelled=LABEL in schema.names)
+
+
+def read_patch_ids(path: str | os.PathLike) -> np.ndarray:
+    """Read and validate only the ``patch_id`` column of a file: strings, none empty, none repeated.
+
+    The ids are the one check that needs every row at once; they are about 1% of a patch's bytes.
+
+    Raises:
+        PatchFormatError: The column is damaged, not strings, or holds an empty or duplicate id (naming the row).
+    """
+    path = Path(path)
+    return _read_ids(_read_table(path, columns=[PATCH_ID]), path)
+
+
+def check_rows(
+    table: pa.Table, path: str | os.PathLike, metadata: PatchMetadata
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate the pixels and (where the table has them) the labels of some rows of a patch file.
+
+    Every check but the ids' works row by row, so a file can be checked in blocks; rows in messages count from the
+    table's first row.
+
+    Returns:
+        The pixels, shape (N, C, H, W), float32, and the labels as class indices (None without a label column).
+
+    Raises:
+        PatchRowError: A row holds a bad value; ``row`` and ``problem`` say which and what.
+        PatchFormatError: A column has the wrong type.
+    """
+    path = Path(path)
+    pixels = _read_pixels(table, path, metadata)
+    labels = _read_labels(table, path, metadata) if LABEL in table.column_names else None
+    return pixels, labels
+
+
+def _check_columns(schema: pa.Schema, path: Path, require_labels: bool) -> None:
     required = [PATCH_ID, PIXELS] + ([LABEL] if require_labels else [])
     missing = [name for name in required if name not in schema.names]
     if missing:
         raise PatchFormatError(
             f"{path}: missing column {', '.join(map(repr, missing))}; found {brief_list(schema.names, quote=True)}"
         )
+
+
+def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path, columns=columns)
         # Full validation catches what decoding lets through from a damaged file, such as invalid UTF-8 in strings.
         table.validate(full=True)
     except (pa.ArrowException, OSError, ValueError) as err:
         raise _corrupt(path, err) from None
-    if table.num_rows == 0:
-        raise PatchFormatError(f"{path}: file has no rows")
-
-    ids = _read_ids(table, path)
-    pixels = _read_pixels(table, path, metadata)
-    labels = _read_labels(table, path, metadata) if LABEL in table.column_names else None
-    return PatchSplit(patch_ids=ids, pixels=pixels, labels=labels), metadata
+    return table
 
 
 def _first_true(mask: np.ndarray) -> int:
@@ -387,12 +481,12 @@ def _is_string(kind: pa.DataType) -> bool:
 def _check_ids(ids: np.ndarray, where: str) -> None:
     empty = np.asarray([i is None or i == "" for i in ids], dtype=bool)
     if empty.any():
-        raise PatchFormatError(f"{where}: row {_first_true(empty)}: '{PATCH_ID}' is empty")
+        raise PatchRowError(where, _first_true(empty), f"'{PATCH_ID}' is empty")
     _, first, counts = np.unique(ids.astype(str), return_index=True, return_counts=True)
     if (counts > 1).any():
         dup = ids[first[counts > 1][0]]
         rows = np.flatnonzero(ids == dup)[:2].tolist()
-        raise PatchFormatError(f"{where}: row {rows[1]}: duplicate {PATCH_ID} {dup!r} (first seen in row {rows[0]})")
+        raise PatchRowError(where, rows[1], f"duplicate {PATCH_ID} {dup!r} (first seen in row {rows[0]})")
 
 
 def _read_ids(table: pa.Table, path: Path) -> np.ndarray:
@@ -410,26 +504,28 @@ def _read_pixels(table: pa.Table, path: Path, metadata: PatchMetadata) -> np.nda
         raise PatchFormatError(f"{path}: column '{PIXELS}' must hold numbers, found {kind}")
     if column.null_count:
         row = _first_true(column.is_null().to_numpy(zero_copy_only=False))
-        raise PatchFormatError(f"{path}: row {row}: '{PIXELS}' is null")
+        raise PatchRowError(path, row, f"'{PIXELS}' is null")
     expected = metadata.values_per_patch
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     wrong = lengths != expected
     if wrong.any():
         row = _first_true(wrong)
-        raise PatchFormatError(
-            f"{path}: row {row}: '{PIXELS}' has {lengths[row]} values, expected {expected} "
-            f"({metadata.num_bands} bands x {metadata.height} x {metadata.width})"
+        raise PatchRowError(
+            path,
+            row,
+            f"'{PIXELS}' has {lengths[row]} values, expected {expected} "
+            f"({metadata.num_bands} bands x {metadata.height} x {metadata.width})",
         )
     flat = column.flatten()
     if flat.null_count:
         row = _first_true(flat.is_null().to_numpy(zero_copy_only=False)) // expected
-        raise PatchFormatError(f"{path}: row {row}: '{PIXELS}' holds a null value")
+        raise PatchRowError(path, row, f"'{PIXELS}' holds a null value")
     values = flat.to_numpy(zero_copy_only=False).astype(PIXEL_DTYPE, copy=False)
     pixels = values.reshape(len(table), metadata.num_bands, metadata.height, metadata.width)
     finite = np.isfinite(pixels).reshape(len(table), -1).all(axis=1)
     if not finite.all():
         row = _first_true(~finite)
-        raise PatchFormatError(f"{path}: row {row}: '{PIXELS}' holds a non-finite value (NaN or inf)")
+        raise PatchRowError(path, row, f"'{PIXELS}' holds a non-finite value (NaN or inf)")
     return np.ascontiguousarray(pixels)
 
 
@@ -440,7 +536,7 @@ def _read_labels(table: pa.Table, path: Path, metadata: PatchMetadata) -> np.nda
     for row, name in enumerate(names):
         if name not in index:
             known = brief_list(metadata.classes)
-            raise PatchFormatError(f"{path}: row {row}: unknown label {name!r}; classes are {known}")
+            raise PatchRowError(path, row, f"unknown label {name!r}; classes are {known}")
         labels[row] = index[name]
     return labels
 

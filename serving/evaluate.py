@@ -184,6 +184,21 @@ def classification_metrics(truth: np.ndarray, predicted: np.ndarray, class_names
     }
 
 
+def confusion_metrics(confusion: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-F1 of a confusion matrix (rows: true class, columns: predicted), as scikit-learn gives them.
+
+    A class that is neither present nor predicted has F1 0 (scikit-learn's ``zero_division=0``), so counts
+    accumulated batch by batch give the figures :func:`classification_metrics` gives for all the rows at once.
+    """
+    confusion = np.asarray(confusion, dtype=np.int64)
+    hits = np.diag(confusion).astype(np.float64)
+    # F1 = 2TP / (2TP + FP + FN): row sums are TP + FN, column sums TP + FP.
+    denominator = confusion.sum(axis=0) + confusion.sum(axis=1)
+    f1 = np.divide(2 * hits, denominator, out=np.zeros_like(hits), where=denominator > 0)
+    total = confusion.sum()
+    return {"accuracy": float(hits.sum() / total) if total else 0.0, "macro_f1": float(f1.mean())}
+
+
 def evaluate_checkpoint(checkpoint_dir: str | os.PathLike, split: PatchSplit) -> dict[str, Any]:
     """Evaluate one training checkpoint on a labelled split, without TTA, in this process (no Ray needed).
 

@@ -23,6 +23,9 @@ Ray is pinned to 2.60.0 in pyproject.toml; each entry names the test that fails 
   Ray Data's per-pass lines come back. The rest of the job's quiet comes from public settings:
   ``ray.LoggingConfig(log_level="WARNING")`` (``training/cluster.py``) and Tune's ``verbose=0``
   (``jobs/experiment.py``).
+- :func:`hide_user_code_error_notes` names the loggers of Ray Data's streaming executor state and of
+  ``ray.data.exceptions`` (the two ERROR notes logged when a UDF raises); ``tests/serving/test_batch_predict.py`` fails
+  when a bad row's one-line error gains lines again.
 """
 
 from __future__ import annotations
@@ -105,6 +108,31 @@ def quiet_ray_data_logs() -> None:
     """
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger(RAY_DATA_PROGRESS_LOGGER).setLevel(logging.ERROR)
+
+
+# The loggers of the two notes Ray Data logs at ERROR when a UDF raises ("An exception was raised from a task of
+# operator ...", "Exception occurred in user code ..."), by module path.
+RAY_DATA_UDF_ERROR_LOGGERS = ("ray.data._internal.execution.streaming_executor_state", "ray.data.exceptions")
+RAY_DATA_UDF_ERROR_NOTES = ("An exception was raised from a task of operator", "Exception occurred in user code")
+
+
+class _DropUdfErrorNotes(logging.Filter):
+    """Drops Ray Data's notes about a UDF that raised (the exception itself still reaches the caller)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(RAY_DATA_UDF_ERROR_NOTES)
+
+
+def hide_user_code_error_notes() -> None:
+    """Keep Ray Data's notes about a failed UDF off the console, for callers that report the exception themselves.
+
+    A logger's filter drops the notes for all its handlers, the log file's too: the exception raised in the driver
+    carries the message and the worker's traceback.
+    """
+    for name in RAY_DATA_UDF_ERROR_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropUdfErrorNotes) for f in logger.filters):
+            logger.addFilter(_DropUdfErrorNotes())
 
 
 class _DropNoProgressYet(logging.Filter):

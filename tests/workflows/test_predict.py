@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 from test_bundle import make_checkpoint
 
-from data.format import PatchSplit, write_dataset, write_split
+from data.format import PatchSplit, to_table, write_dataset, write_split
 from data.pipeline import BandStats, augmentation_elements
 from data.synthetic import generate
 from serving.bundle import INFO_FILE, WEIGHTS_FILE, export_bundle
@@ -199,3 +200,17 @@ def test_no_ensemble_predicts_with_the_best_member_alone(files, tmp_path, capsys
     probabilities = np.stack([table.column(f"prob_{c}").to_numpy() for c in classes], axis=1)
     split = generate({"train": 35, "test": 63}, seed=DATA_SEED).train
     np.testing.assert_allclose(probabilities, reference(files["checkpoint"], split), rtol=0, atol=1e-5)
+
+
+def test_a_bad_row_exits_2_with_one_line_and_no_output(files, tmp_path, capsys, ray_cluster):
+    dataset = generate({"test": 60}, seed=DATA_SEED)
+    table = to_table(dataset.test, dataset.metadata)
+    labels = table.column("label").to_pylist()
+    labels[-3] = "nope"
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(
+        table.set_column(table.column_names.index("label"), "label", pa.array(labels)), bad, row_group_size=20
+    )
+    code, _, err = run_main(capsys, "--model", files["bundle"], "--input", bad, "--output", tmp_path / "out")
+    assert_error(code, err, f"{bad}: row 57: unknown label 'nope'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]

@@ -1,0 +1,568 @@
+"""Batch prediction: stream a patch file through a pool of Ray Data model actors into Parquet predictions.
+
+The input is read with ``ray.data.read_parquet`` and checked block by block with the patch format's own checks
+(:func:`data.format.check_rows`); each model actor loads the bundle once and classifies batches; the predictions are
+written with ``write_parquet`` under a temporary name beside the output and renamed when complete. The driver reads
+only footers, the ``patch_id`` column (the one whole-file check: unique ids) and, after the write, the ids, labels and
+predicted labels batch by batch, to check order and count a confusion matrix. It never holds pixels or all the
+predictions.
+
+Output rule: an ``output`` ending in ``.parquet`` is one Parquet file; any other name is a folder of part files
+(``<write id>_<task>-<n>.parquet``, in input order by name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import torch
+from ray.exceptions import UserCodeException
+
+from data.atomic import check_creatable, write_folder_atomic
+from data.format import (
+    DATASET_FILES,
+    LABEL,
+    PARQUET_SUFFIX,
+    PATCH_ID,
+    PIXELS,
+    SPLITS,
+    PatchFileInfo,
+    PatchFormatError,
+    PatchMetadata,
+    PatchRowError,
+    check_rows,
+    read_dataset,
+    read_file_info,
+    read_patch_ids,
+    write_split,
+)
+from data.messages import brief_list
+from serving.bundle import Bundle, PredictionMode, check_compatible, load_bundle
+from serving.evaluate import PREDICT_BATCH_SIZE, confusion_metrics
+from training.cluster import cluster_cpus, connect
+from training.ray_private import hide_user_code_error_notes
+
+log = logging.getLogger(__name__)
+
+PREDICTED_LABEL = "predicted_label"
+PROBABILITY_PREFIX = "prob_"
+OUTPUT_METADATA_KEY = "predictions"
+# Names write_parquet gives its files: "<dataset id>_<write id>_<task index, 6 digits>-<file of the task>.parquet".
+PART_FILE = re.compile(r"(?:[A-Za-z0-9]+_)?[0-9a-f]+_(?P<task>[0-9]{6,})-(?P<file>[0-9]+)\.parquet")
+# Rows per part file of a folder output: about 2 MB of predictions a part, so a big run is tens of files, not
+# thousands, and each is written as soon as its rows are ready.
+PART_ROWS = 50_000
+# Bytes per Ray Data block: about 4,500 patches of 14 x 8 x 8, small enough to spread a file over the actors and
+# large enough to keep a block's overhead far below its forward passes.
+BLOCK_BYTES = 16 * 1024**2
+# CPUs each model actor holds; its torch intra-op threads are as many.
+ACTOR_CPUS = 1
+# The actor pool leaves one CPU of the cluster to the read, validation and write tasks, which reserve it: with the
+# pool holding every CPU the streamed read stalled for good here (Ray 2.60, 2 CPUs, 0-CPU reads included), and with
+# 0-CPU tasks beside a smaller pool Ray Data wrote whole blocks out of order at 50,000 patches (preserve_order set).
+IO_TASK_CPUS = 1
+IO_RESERVED_CPUS = 1
+# Rows per batch of the driver's check of the written predictions (ids and labels only: a few hundred KB).
+CHECK_ROWS = 16_384
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """One prediction run; the fields are predict.py's flags.
+
+    Attributes:
+        model: The model bundle folder.
+        input: A Parquet file of patches or a dataset folder.
+        output: A Parquet file (a name ending in ``.parquet``) or a folder of part files (any other name).
+        split: The split classified when ``input`` is a dataset folder.
+        overwrite: Replace an existing output.
+        batch_size: Patches per forward pass.
+        ensemble: Average all the bundle's members (False: its best alone); None: the bundle's mode.
+        tta: Average over the test-time augmentation views (False: none); None: the bundle's mode.
+        concurrency: Model actors; None (and at most): one per cluster CPU but one, kept for reading and writing.
+        address: Ray cluster address (``local`` starts a private one); None: join one or start one.
+        num_cpus: CPUs of a newly started local cluster; None: all.
+    """
+
+    model: Path
+    input: Path
+    output: Path
+    split: str = "test"  # the held-out split: what a model is usually run on
+    overwrite: bool = False  # predictions are never replaced unless asked
+    batch_size: int = PREDICT_BATCH_SIZE  # the in-process evaluation's batch: same memory, same speed per call
+    ensemble: bool | None = None  # the bundle records how it was meant to predict
+    tta: bool | None = None  # likewise
+    concurrency: int | None = None  # single-threaded actors on all CPUs but the one reading and writing
+    address: str | None = None  # RAY_ADDRESS or a running local cluster, else a new one (training/cluster.py)
+    num_cpus: int | None = None  # a new local cluster takes the whole machine
+
+    def __post_init__(self) -> None:
+        for name in ("model", "input", "output"):
+            object.__setattr__(self, name, Path(getattr(self, name)))
+        if self.batch_size < 1 or (self.concurrency is not None and self.concurrency < 1):
+            raise ValueError("--batch-size and --concurrency must be at least 1")
+        if self.split not in SPLITS:
+            raise ValueError(f"--split {self.split!r}: expected one of {', '.join(SPLITS)}")
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What a prediction run did.
+
+    Attributes:
+        output: The Parquet file or folder written.
+        patches: Patches classified.
+        seconds: Ray start-up and inference (writing and checking the output included).
+        startup_seconds: Connecting to or starting Ray.
+        inference_seconds: Reading, classifying, writing and checking.
+        accuracy: Accuracy against the input's labels; None for unlabelled input.
+        macro_f1: Macro-F1 against the input's labels; None for unlabelled input.
+    """
+
+    output: Path
+    patches: int
+    seconds: float
+    startup_seconds: float
+    inference_seconds: float
+    accuracy: float | None = None
+    macro_f1: float | None = None
+
+
+def probability_column(class_name: str) -> str:
+    """Name of the output column holding the probability of one class."""
+    return f"{PROBABILITY_PREFIX}{class_name}"
+
+
+def is_folder_output(path: Path) -> bool:
+    """Whether ``path`` names a folder of part files (any name not ending in ``.parquet``) rather than one file."""
+    return not path.name.endswith(PARQUET_SUFFIX)
+
+
+class Predictor:
+    """Ray Data callable class: each actor loads the bundle once, then classifies batches of raw pixels.
+
+    Args:
+        bundle_dir: The model bundle folder.
+        threads: Torch intra-op threads of this actor (one per CPU it holds).
+        ensemble: Average all the bundle's members (False: the best alone); None: the bundle's default.
+        tta: Average over its test-time augmentation views (False: none); None: the bundle's default.
+        batch_size: Patches per forward pass; a block is classified in slices of this many.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str,
+        threads: int = ACTOR_CPUS,
+        ensemble: bool | None = None,
+        tta: bool | None = None,
+        batch_size: int = PREDICT_BATCH_SIZE,
+    ) -> None:
+        torch.set_num_threads(threads)
+        self.batch_size = batch_size
+        self.bundle = load_bundle(bundle_dir)
+        self.ensemble, self.tta = ensemble, tta
+        self.classes = np.asarray(self.bundle.metadata.classes, dtype=object)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Patch ids, predicted class names and class probabilities of one batch (a whole block)."""
+        pixels = np.asarray(batch[PIXELS], dtype=np.float32)  # (B, C, H, W), raw values
+        slices = [
+            self.bundle.predict_probabilities(pixels[start : start + self.batch_size], self.ensemble, self.tta)
+            for start in range(0, len(pixels), self.batch_size)
+        ]
+        probabilities = np.concatenate(slices)  # (B, K)
+        out = {PATCH_ID: batch[PATCH_ID], PREDICTED_LABEL: self.classes[probabilities.argmax(axis=1)]}
+        for k, name in enumerate(self.bundle.metadata.classes):
+            out[probability_column(name)] = probabilities[:, k]
+        return out
+
+
+class BlockRowError(PatchFormatError, UserCodeException):
+    """A bad row found in a Ray Data block, named by its patch id (a block does not know where it starts in the file).
+
+    A :class:`ray.exceptions.UserCodeException`, so that Ray Data reports it as the user's error, not its own.
+
+    Args:
+        path: The input file.
+        patch_id: The id of the bad row.
+        problem: What is wrong with it.
+    """
+
+    def __init__(self, path: str, patch_id: str, problem: str) -> None:
+        self.path, self.patch_id, self.problem = path, patch_id, problem
+        super().__init__(f"{path}: patch {patch_id!r}: {problem}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, self.patch_id, self.problem)
+
+
+def validate_block(block: pa.Table, path: str, metadata_json: str) -> dict[str, np.ndarray]:
+    """Check one block of the input with the format's row checks; its ids and pixels, shape (N, C, H, W).
+
+    Raises:
+        BlockRowError: A row's pixels or label are bad.
+        PatchFormatError: A column has the wrong type.
+    """
+    metadata = PatchMetadata.from_json(metadata_json, where=path)
+    ids = np.asarray(block.column(PATCH_ID).to_pylist(), dtype=object)
+    try:
+        pixels, _ = check_rows(block, path, metadata)
+    except PatchRowError as err:
+        raise BlockRowError(path, ids[err.row], err.problem) from None
+    return {PATCH_ID: ids, PIXELS: pixels}
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Refuse an output that exists (unless ``overwrite``), is the wrong kind, or whose folder cannot be written.
+
+    Raises:
+        FileExistsError: The output exists and may not be replaced, or is a folder of other files.
+        OutputLocationError: A part of the output's folder is a file, or it is not writable.
+    """
+    if is_folder_output(path):
+        check_creatable(path, "--output", folder=True)
+        if path.is_symlink():
+            raise FileExistsError(f"{path}: is a symbolic link; choose another --output")
+        if path.is_dir():
+            foreign = sorted(e.name for e in path.iterdir() if not (e.is_file() and PART_FILE.fullmatch(e.name)))
+            if foreign:
+                raise FileExistsError(
+                    f"{path}: is a folder holding {brief_list(foreign)}, not only prediction part files; choose "
+                    "another --output"
+                )
+            if not overwrite:
+                raise FileExistsError(f"{path}: already exists; pass --overwrite or choose another --output")
+        return
+    if path.is_dir():
+        raise FileExistsError(f"{path}: is a folder; --output must name a Parquet file")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise FileExistsError(f"{path}: already exists; pass --overwrite or choose another --output")
+    check_creatable(path, "--output")
+
+
+def check_not_a_source(output: Path, input_path: Path, bundle_dir: Path) -> None:
+    """Refuse an output that is the input, inside the input dataset folder, or inside the model bundle.
+
+    Paths are compared resolved (symbolic links followed) and, where both exist, with ``os.path.samefile`` (hard
+    links), so no spelling of the path lets the predictions replace what they are computed from.
+
+    Raises:
+        FileExistsError: One line naming what the output would replace.
+    """
+    if _inside(output, bundle_dir):
+        raise FileExistsError(
+            f"--output {output}: is inside the --model bundle folder {bundle_dir}; choose another --output"
+        )
+    if input_path.is_dir():
+        if _inside(output, input_path):
+            kind = "a folder" if is_folder_output(output) else "a Parquet file"
+            raise FileExistsError(
+                f"--output {output}: is {kind} inside the --input dataset folder {input_path}, which would "
+                "change the dataset; choose another --output"
+            )
+        sources: Iterable[Path] = [input_path / name for name in DATASET_FILES] + sorted(input_path.glob("*.parquet"))
+    else:
+        sources = [input_path]
+    for source in sources:
+        if _same_file(output, source):
+            raise FileExistsError(
+                f"--output {output}: is the input file {source}; predictions must not replace the patches, choose "
+                "another --output"
+            )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file: through symbolic links (resolved) or hard links (same inode)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies within it, symbolic links resolved."""
+    folder = folder.resolve()
+    return path.resolve() == folder or folder in path.resolve().parents
+
+
+def part_files(folder: Path) -> list[Path]:
+    """The part files write_parquet left in ``folder``, in input order (by task, then file of the task)."""
+    matched = []
+    for path in folder.iterdir():
+        match = PART_FILE.fullmatch(path.name)
+        if match:
+            matched.append((int(match["task"]), int(match["file"]), path))
+    return [path for *_, path in sorted(matched)]
+
+
+@contextmanager
+def input_file(path: Path, split: str) -> Iterator[tuple[Path, str]]:
+    """The Parquet file to stream and the name messages give it: the file, or one split of a dataset folder.
+
+    Raises:
+        PatchFormatError: A dataset folder without the split cannot be carved (see :func:`data.format.read_dataset`).
+    """
+    if not path.is_dir():
+        yield path, str(path)
+        return
+    split_file = path / f"{split}{PARQUET_SUFFIX}"
+    if split_file.is_file():
+        yield split_file, str(split_file)
+        return
+    # A folder of one unsplit file (or without this split): read_dataset carves the splits in memory, stratified by
+    # class with a fixed seed, which needs every label at once and cannot stream. The carved split is written to a
+    # temporary file and streamed from there like any other.
+    dataset = read_dataset(path)
+    with tempfile.TemporaryDirectory(prefix="predict-input-") as tmp:
+        carved = Path(tmp) / split_file.name
+        write_split(carved, dataset.splits[split], dataset.metadata)
+        del dataset
+        yield carved, str(split_file)
+
+
+@contextmanager
+def staged_output(output: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary folder beside ``output`` for write_parquet; on success the output is renamed into place.
+
+    A file output takes the folder's single part file; a folder output is the folder itself, swapped in (an older
+    predictions folder is replaced only with ``overwrite``). On failure nothing is left.
+
+    Raises:
+        FileExistsError: Something appeared at ``output`` meanwhile.
+        RuntimeError: A file output's folder does not hold exactly one part file.
+    """
+    if is_folder_output(output):
+        owned = {p.name for p in part_files(output)} if output.is_dir() else set()
+        with write_folder_atomic(output, owned, "predictions", overwrite=overwrite) as tmp:
+            yield tmp
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    try:
+        yield tmp
+        parts = part_files(tmp)
+        if len(parts) != 1:
+            raise RuntimeError(f"Ray Data wrote {len(parts)} files for the single --output file {output}")
+        check_output(output, overwrite)  # nobody wrote it meanwhile
+        os.replace(parts[0], output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def output_schema(bundle: Bundle, model: Path, where: str) -> pa.Schema:
+    """Columns of the predictions and the ``predictions`` metadata naming model, input and classes."""
+    classes = list(bundle.metadata.classes)
+    fields = [pa.field(PATCH_ID, pa.string()), pa.field(PREDICTED_LABEL, pa.string())]
+    fields += [pa.field(probability_column(name), pa.float32()) for name in classes]
+    body = {"model": str(model.resolve()), "input": where, "classes": classes}
+    return pa.schema(fields, metadata={OUTPUT_METADATA_KEY: json.dumps(body)})
+
+
+def write_predictions(
+    source: Path,
+    info: PatchFileInfo,
+    staging: Path,
+    schema: pa.Schema,
+    config: PredictConfig,
+    concurrency: int,
+    mode: PredictionMode,
+) -> None:
+    """Stream ``source`` through validation and the actor pool into part files in ``staging`` (Ray connected).
+
+    Raises:
+        PatchFormatError: A row of the input is bad; the message names the file and row as ``read_split`` does.
+    """
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # output rows in input order
+    context.target_max_block_size = BLOCK_BYTES
+    # A BlockRowError then reaches the driver as itself (with its fields), not as Ray's wrapper of it.
+    context.raise_original_map_exception = True
+    hide_user_code_error_notes()  # the one-line error below says it all
+    columns = [PATCH_ID, PIXELS] + ([LABEL] if info.labelled else [])  # labels are read to be validated
+    ds = ray.data.read_parquet(str(source), num_cpus=IO_TASK_CPUS).select_columns(columns)
+    ds = ds.map_batches(
+        validate_block,
+        batch_format="pyarrow",
+        batch_size=None,  # whole blocks: the checks are vectorised
+        fn_kwargs={"path": str(source), "metadata_json": info.metadata.to_json()},
+        num_cpus=IO_TASK_CPUS,
+    )
+    ds = ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={
+            "bundle_dir": str(config.model.resolve()),
+            "threads": ACTOR_CPUS,
+            "ensemble": mode.ensemble,
+            "tta": mode.tta,
+            "batch_size": config.batch_size,
+        },
+        # Whole blocks, sliced into forward passes by the actor: with batch_size set here, Ray 2.60 wrote batches of
+        # 1,024 rows out of order at 50,000 patches, preserve_order notwithstanding (check_predictions caught it).
+        batch_size=None,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=ACTOR_CPUS,
+    )
+    # A folder output: parts of PART_ROWS rows (the last one shorter); a file output: one write task, one file.
+    per_file = PART_ROWS if is_folder_output(config.output) else info.num_rows
+    try:
+        ds.write_parquet(
+            str(staging),
+            schema=schema,
+            compression="zstd",
+            min_rows_per_file=per_file,
+            max_rows_per_file=per_file,
+            ray_remote_args={"num_cpus": IO_TASK_CPUS},
+        )
+    except BlockRowError as err:
+        # Only the failure path reads the ids again, to turn the patch id into the row read_split would name.
+        ids = pq.read_table(source, columns=[PATCH_ID]).column(PATCH_ID).to_pylist()
+        raise PatchRowError(source, ids.index(err.patch_id), err.problem) from None
+
+
+def _aligned(left: Iterator[pa.RecordBatch], right: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, ...]]:
+    """Equal-length slices of two streams of batches, in order, until either ends."""
+    a = b = None
+    while True:
+        while a is None or len(a) == 0:
+            a = next(left, None)
+            if a is None:
+                return
+        while b is None or len(b) == 0:
+            b = next(right, None)
+            if b is None:
+                return
+        n = min(len(a), len(b))
+        yield a.slice(0, n), b.slice(0, n)
+        a, b = a.slice(n), b.slice(n)
+
+
+def _class_index(column: pa.Array, classes: list[str]) -> np.ndarray:
+    return pc.index_in(column.cast(pa.string()), value_set=pa.array(classes)).to_numpy(zero_copy_only=False)
+
+
+def check_predictions(source: Path, info: PatchFileInfo, parts: list[Path], classes: list[str]) -> np.ndarray | None:
+    """Check the part files hold every input row once, in order; count the confusion matrix when labelled.
+
+    Reads ids and labels batch by batch, so memory does not grow with the data.
+
+    Returns:
+        The confusion matrix (rows: true class, columns: predicted), or None for unlabelled input.
+
+    Raises:
+        RuntimeError: Rows are missing, extra or out of order.
+    """
+    written = sum(pq.ParquetFile(part).metadata.num_rows for part in parts)
+    truth = [PATCH_ID] + ([LABEL] if info.labelled else [])
+    left = pq.ParquetFile(source).iter_batches(batch_size=CHECK_ROWS, columns=truth)
+    right = (
+        batch
+        for part in parts
+        for batch in pq.ParquetFile(part).iter_batches(batch_size=CHECK_ROWS, columns=[PATCH_ID, PREDICTED_LABEL])
+    )
+    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64) if info.labelled else None
+    checked = 0
+    for given, predicted in _aligned(left, right):
+        if not given.column(PATCH_ID).cast(pa.string()).equals(predicted.column(PATCH_ID).cast(pa.string())):
+            checked = -1
+            break
+        checked += len(given)
+        if confusion is not None:
+            rows = _class_index(given.column(LABEL), classes), _class_index(predicted.column(PREDICTED_LABEL), classes)
+            np.add.at(confusion, rows, 1)
+    if written != info.num_rows or checked != info.num_rows:
+        raise RuntimeError(f"Ray Data wrote {written} rows for {info.num_rows} patches, or out of order")
+    return confusion
+
+
+def predict_run(config: PredictConfig, progress: Callable[[str], None] | None = None) -> PredictResult:
+    """Validate everything, stream the inference into the output and check it; connects to (or starts) Ray.
+
+    Args:
+        config: The run.
+        progress: Called with each progress line; None logs them.
+
+    Raises:
+        BundleError: The bundle is invalid or the input does not match it.
+        PatchFormatError: The input is not in the patch format (a bad row: named by file and row).
+        FileExistsError: The output exists and ``overwrite`` is false, or it would replace an input.
+        OSError: The output cannot be written.
+        ValueError: The output's folder cannot be written.
+    """
+    say = progress or log.info
+    check_not_a_source(config.output, config.input, config.model)  # first: it names what the output would replace
+    check_output(config.output, config.overwrite)
+    bundle = load_bundle(config.model)
+    with input_file(config.input, config.split) as (source, where):
+        info = read_file_info(source, require_labels=False)
+        check_compatible(bundle.metadata, info.metadata, where, labelled=info.labelled)
+        read_patch_ids(source)  # before Ray starts: the one check that needs every row
+        started = time.perf_counter()
+        started_ray = not ray.is_initialized()
+        connect(config.address, config.num_cpus)
+        try:
+            connected = time.perf_counter()
+            confusion = _classify(config, bundle, source, where, info, say)
+            finished = time.perf_counter()
+        finally:
+            if started_ray:
+                # Disconnect (and stop a cluster this call started) now, not at interpreter exit: torn down then, the
+                # local GCS logged "KillActor RPC failed ... Socket closed" for the pool's actors after our output.
+                ray.shutdown()
+    metrics = confusion_metrics(confusion) if confusion is not None else {}
+    return PredictResult(
+        output=config.output,
+        patches=info.num_rows,
+        seconds=finished - started,
+        startup_seconds=connected - started,
+        inference_seconds=finished - connected,
+        accuracy=metrics.get("accuracy"),
+        macro_f1=metrics.get("macro_f1"),
+    )
+
+
+def _classify(
+    config: PredictConfig, bundle: Bundle, source: Path, where: str, info: PatchFileInfo, say: Callable[[str], None]
+) -> np.ndarray | None:
+    """Write and check the predictions on the connected cluster; the confusion matrix when the input is labelled."""
+    started = time.perf_counter()
+    cpus = max(1, int(cluster_cpus()))
+    concurrency = min(config.concurrency or cpus, max(1, cpus - IO_RESERVED_CPUS), info.num_rows)
+    mode = bundle.prediction_mode(config.ensemble, config.tta)
+    members, views = len(bundle.models) if mode.ensemble else 1, len(bundle.views) if mode.tta else 1
+    say(
+        f"classifying {info.num_rows} patches from {where} with {concurrency} model actors "
+        f"({members} member(s) x {views} view(s) each)"
+    )
+    with staged_output(config.output, config.overwrite) as staging:
+        schema = output_schema(bundle, config.model, where)
+        write_predictions(source, info, staging, schema, config, concurrency, mode)
+        confusion = check_predictions(source, info, part_files(staging), list(bundle.metadata.classes))
+        rate = info.num_rows / max(time.perf_counter() - started, 1e-9)
+        say(f"predicted {info.num_rows}/{info.num_rows} patches ({rate:.0f}/s)")
+    return confusion
+
+
+def config_defaults() -> dict[str, object]:
+    """The defaults of :class:`PredictConfig`, by field name, for the script's flags."""
+    return {f.name: f.default for f in dataclasses.fields(PredictConfig) if f.default is not dataclasses.MISSING}
