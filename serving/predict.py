@@ -14,17 +14,20 @@ Output rule: an ``output`` ending in ``.parquet`` is one Parquet file; any other
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -80,6 +83,9 @@ IO_TASK_CPUS = 1
 IO_RESERVED_CPUS = 1
 # Rows per batch of the driver's check of the written predictions (ids and labels only: a few hundred KB).
 CHECK_ROWS = 16_384
+# A progress line each time another tenth of the patches is classified, looked at this often.
+PROGRESS_STEPS = 10
+PROGRESS_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,7 @@ class Predictor:
         ensemble: Average all the bundle's members (False: the best alone); None: the bundle's default.
         tta: Average over its test-time augmentation views (False: none); None: the bundle's default.
         batch_size: Patches per forward pass; a block is classified in slices of this many.
+        counter: A :class:`PatchCounter` actor told how many patches each block held, for the driver's progress.
     """
 
     def __init__(
@@ -172,9 +179,11 @@ class Predictor:
         ensemble: bool | None = None,
         tta: bool | None = None,
         batch_size: int = PREDICT_BATCH_SIZE,
+        counter: Any = None,
     ) -> None:
         torch.set_num_threads(threads)
         self.batch_size = batch_size
+        self.counter = counter
         self.bundle = load_bundle(bundle_dir)
         self.ensemble, self.tta = ensemble, tta
         self.classes = np.asarray(self.bundle.metadata.classes, dtype=object)
@@ -190,7 +199,55 @@ class Predictor:
         out = {PATCH_ID: batch[PATCH_ID], PREDICTED_LABEL: self.classes[probabilities.argmax(axis=1)]}
         for k, name in enumerate(self.bundle.metadata.classes):
             out[probability_column(name)] = probabilities[:, k]
+        if self.counter is not None:
+            self.counter.add.remote(len(pixels))  # not waited for: progress must never slow the work
         return out
+
+
+@ray.remote(num_cpus=0)
+class PatchCounter:
+    """How many patches the model actors have classified so far (a tiny actor the driver asks for progress)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+
+    def add(self, patches: int) -> None:
+        """Count another block."""
+        self.done += patches
+
+    def count(self) -> int:
+        """Patches classified so far."""
+        return self.done
+
+
+def _count(counter: Any) -> int:
+    """What a :class:`PatchCounter` holds, or 0 when it cannot say (a progress line is never worth a failure)."""
+    try:
+        return int(ray.get(counter.count.remote(), timeout=PROGRESS_POLL_S * 10))
+    except Exception:  # noqa: BLE001 - a lost or slow counter only costs progress lines
+        return 0
+
+
+def report_progress(
+    count: Callable[[], int], total: int, say: Callable[[str], None], stop: threading.Event, poll_s: float
+) -> None:
+    """Say ``predicted N/total patches (rate/s)`` each time another tenth is done, until ``stop`` is set.
+
+    Args:
+        count: Patches done so far.
+        total: Patches in all.
+        say: Where the lines go.
+        stop: Set by the caller when the work has ended.
+        poll_s: Seconds between looks at ``count``.
+    """
+    started, step = time.perf_counter(), total / PROGRESS_STEPS
+    next_line = step
+    while not stop.wait(poll_s):
+        done = count()
+        if done >= next_line and done < total:
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            say(f"predicted {done}/{total} patches ({rate:.0f}/s)")
+            next_line = (done // step + 1) * step
 
 
 class BlockRowError(PatchFormatError, UserCodeException):
@@ -384,8 +441,11 @@ def write_predictions(
     config: PredictConfig,
     concurrency: int,
     mode: PredictionMode,
+    counter: Any = None,
 ) -> None:
     """Stream ``source`` through validation and the actor pool into part files in ``staging`` (Ray connected).
+
+    ``counter`` (a :class:`PatchCounter`) is told of every classified block.
 
     Raises:
         PatchFormatError: A row of the input is bad; the message names the file and row as ``read_split`` does.
@@ -415,6 +475,7 @@ def write_predictions(
             "ensemble": mode.ensemble,
             "tta": mode.tta,
             "batch_size": config.batch_size,
+            "counter": counter,
         },
         # Whole blocks, sliced into forward passes by the actor: with batch_size set here, Ray 2.60 wrote batches of
         # 1,024 rows out of order at 50,000 patches, preserve_order notwithstanding (check_predictions caught it).
@@ -554,12 +615,25 @@ def _classify(
         f"classifying {info.num_rows} patches from {where} with {concurrency} model actors "
         f"({members} member(s) x {views} view(s) each)"
     )
-    with staged_output(config.output, config.overwrite) as staging:
-        schema = output_schema(bundle, config.model, where)
-        write_predictions(source, info, staging, schema, config, concurrency, mode)
-        confusion = check_predictions(source, info, part_files(staging), list(bundle.metadata.classes))
-        rate = info.num_rows / max(time.perf_counter() - started, 1e-9)
-        say(f"predicted {info.num_rows}/{info.num_rows} patches ({rate:.0f}/s)")
+    counter = PatchCounter.remote()
+    stop = threading.Event()
+    progress = threading.Thread(
+        target=report_progress,
+        args=(functools.partial(_count, counter), info.num_rows, say, stop, PROGRESS_POLL_S),
+        daemon=True,
+    )
+    progress.start()
+    try:
+        with staged_output(config.output, config.overwrite) as staging:
+            schema = output_schema(bundle, config.model, where)
+            write_predictions(source, info, staging, schema, config, concurrency, mode, counter)
+            confusion = check_predictions(source, info, part_files(staging), list(bundle.metadata.classes))
+            rate = info.num_rows / max(time.perf_counter() - started, 1e-9)
+            say(f"predicted {info.num_rows}/{info.num_rows} patches ({rate:.0f}/s)")
+    finally:
+        stop.set()
+        progress.join()
+        ray.kill(counter)
     return confusion
 
 
