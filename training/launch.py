@@ -44,6 +44,7 @@ from typing import Any
 
 import ray
 import ray.train
+from ray.data import ExecutionOptions
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 
 from data.format import PatchMetadata
@@ -253,7 +254,13 @@ def _start_run(
         datasets=datasets,
         # Validation is never split: streaming_split(equal=True) would drop the remainder rows. Nor is training data
         # for a single worker: a split starts a coordinator actor, one more Python process on every run start.
-        dataset_config=DataConfig(datasets_to_split=["train"] if cfg.num_workers > 1 else []),
+        dataset_config=DataConfig(
+            datasets_to_split=["train"] if cfg.num_workers > 1 else [],
+            # Ray Data's defaults, given: without them Train 2.60 copies the DataContext's options into new
+            # ExecutionOptions, whose deprecated exclude_resources setter then printed a RayDeprecationWarning in
+            # every run's output (from each TrainController).
+            execution_options=ExecutionOptions(),
+        ),
         run_config=RunConfig(
             name=name,
             storage_path=storage,
