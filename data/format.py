@@ -375,13 +375,8 @@ def read_split(path: str | os.PathLike, *, require_labels: bool = True) -> tuple
             the first offending row.
     """
     path = Path(path)
-    schema = _read_schema(path)
-    metadata = _metadata_of(schema, path)
-    _check_columns(schema, path, require_labels)
+    metadata = read_file_info(path, require_labels=require_labels).metadata  # the footer's checks first
     table = _read_table(path)
-    if table.num_rows == 0:
-        raise PatchFormatError(f"{path}: file has no rows")
-
     ids = _read_ids(table, path)
     pixels, labels = check_rows(table, path, metadata)
     return PatchSplit(patch_ids=ids, pixels=pixels, labels=labels), metadata

@@ -24,14 +24,14 @@ from typing import Any
 from ray import tune
 
 from data import DEFAULT_DATASET_DIR
-from data.atomic import check_creatable, write_json_atomic
+from data.atomic import write_json_atomic
 from data.format import PatchDataset, read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
 from serving.baselines import format_test_summary, run_baselines
 from serving.bundle import BUNDLE_DIR, export_bundle
 from serving.evaluate import TEST_METRICS_FILE, VARIANT_METRICS, evaluate_members, rank_members
 from training.cluster import cluster_cpus, cluster_gpus, connect
-from training.config import RANKABLE_METRICS, TrainConfig, reject_uri
+from training.config import TrainConfig, resolved_mode, results_folder
 from training.config_file import CONFIG_FILE, plain_setting, write_config
 from training.hyperparams import INITIAL_LR_RANGE, MUTABLES, NAMES, PopulationOptions, initial_population
 from training.ray_private import PopulationSearch, apply_tune_settings, quiet_tune_timing_notes
@@ -102,8 +102,8 @@ class ExperimentConfig:
         return cls(**chosen)
 
     def __post_init__(self) -> None:
-        if self.mode is None:  # frozen: resolved once, so that the files and the scheduler see the direction
-            object.__setattr__(self, "mode", RANKABLE_METRICS.get(self.metric, "max"))
+        # Frozen: resolved once, so that the files and the scheduler see the direction.
+        object.__setattr__(self, "mode", resolved_mode(self.metric, self.mode))
 
     def shared_training(self, **scale: Any) -> TrainConfig:
         """The training settings every member shares; ``scale`` adds the others (workers, CPUs, checkpoints)."""
@@ -194,7 +194,7 @@ def tune_experiment(config: ExperimentConfig) -> ExperimentResult:
 
 def _experiment(config: ExperimentConfig) -> tuple[ExperimentConfig, Path]:
     """The effective settings (the saved ones on resume, smoke-test sizes applied) and the results folder."""
-    results = _results_folder(config.results)
+    results = results_folder(config.results, "tune")  # before the data is read and Ray starts
     if config.resume:
         saved = results / EXPERIMENT_FILE
         if not saved.is_file():
@@ -246,13 +246,6 @@ def size_members(cpus: float, population: int, workers: int, requested: float | 
     share = math.floor(share) if share >= 1 else math.floor(share * 20) / 20
     concurrent = max(1, min(population, int(free / (workers * share) + 1e-6)))
     return share, concurrent
-
-
-def _results_folder(results: str | None) -> Path:
-    reject_uri(results)
-    folder = Path(results).resolve() if results else (Path("results") / time.strftime("tune-%Y%m%d-%H%M%S")).resolve()
-    check_creatable(folder, "--results", folder=True)  # before the data is read and Ray starts
-    return folder
 
 
 def build_pbt_record(member_logs: dict[str, list[dict[str, Any]]], config: Any, best_trial: str) -> dict:

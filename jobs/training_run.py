@@ -14,20 +14,19 @@ command line around it; a notebook calls it directly::
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from data import DEFAULT_DATASET_DIR
-from data.atomic import check_creatable, write_json_atomic
+from data.atomic import write_json_atomic
 from data.format import read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
 from serving.baselines import format_test_summary, run_baselines
 from serving.bundle import BUNDLE_DIR, export_bundle
 from serving.evaluate import TEST_METRICS_FILE, VARIANT_METRICS, evaluate_members
 from training.cluster import cluster_gpus, connect
-from training.config import TrainConfig, reject_uri
+from training.config import TrainConfig, results_folder
 from training.config_file import CONFIG_FILE, plain_setting, write_config
 from training.launch import TrainingOutcome, run_training, unique_run_name
 from tuning.progress import TENSORBOARD_DIR, EpochCurves, report_line
@@ -136,10 +135,7 @@ def train_run(job: TrainJob) -> TrainResult:
 
 def _results_folder(job: TrainJob) -> Path:
     """The results folder, refused before the data is read and Ray starts if it cannot or may not be written."""
-    reject_uri(job.results)
-    default = Path("results") / time.strftime("train-%Y%m%d-%H%M%S")
-    results = (Path(job.results) if job.results else default).resolve()
-    check_creatable(results, "--results", folder=True)
+    results = results_folder(job.results, "train")
     if (results / TEST_METRICS_FILE).exists() and not job.overwrite:
         raise FileExistsError(f"{results}: already holds {TEST_METRICS_FILE}; pass --overwrite or another --results")
     return results

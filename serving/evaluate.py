@@ -20,6 +20,7 @@ from data.pipeline import DEFAULT_AUGMENTATION, BandStats, augmentation_elements
 from resnet import ResNet
 from training.checkpoint import load_checkpoint, model_from_state
 from training.config import ranking_score
+from training.metrics import accuracy_from_confusion, macro_f1_from_confusion
 
 TEST_METRICS_FILE = "test_metrics.json"
 PREDICT_BATCH_SIZE = 1024
@@ -190,13 +191,7 @@ def confusion_metrics(confusion: np.ndarray) -> dict[str, float]:
     A class that is neither present nor predicted has F1 0 (scikit-learn's ``zero_division=0``), so counts
     accumulated batch by batch give the figures :func:`classification_metrics` gives for all the rows at once.
     """
-    confusion = np.asarray(confusion, dtype=np.int64)
-    hits = np.diag(confusion).astype(np.float64)
-    # F1 = 2TP / (2TP + FP + FN): row sums are TP + FN, column sums TP + FP.
-    denominator = confusion.sum(axis=0) + confusion.sum(axis=1)
-    f1 = np.divide(2 * hits, denominator, out=np.zeros_like(hits), where=denominator > 0)
-    total = confusion.sum()
-    return {"accuracy": float(hits.sum() / total) if total else 0.0, "macro_f1": float(f1.mean())}
+    return {"accuracy": accuracy_from_confusion(confusion), "macro_f1": macro_f1_from_confusion(confusion)}
 
 
 def evaluate_checkpoint(checkpoint_dir: str | os.PathLike, split: PatchSplit) -> dict[str, Any]:

@@ -269,14 +269,13 @@ class BlockRowError(PatchFormatError, UserCodeException):
         return type(self), (self.path, self.patch_id, self.problem)
 
 
-def validate_block(block: pa.Table, path: str, metadata_json: str) -> dict[str, np.ndarray]:
+def validate_block(block: pa.Table, path: str, metadata: PatchMetadata) -> dict[str, np.ndarray]:
     """Check one block of the input with the format's row checks; its ids and pixels, shape (N, C, H, W).
 
     Raises:
         BlockRowError: A row's pixels or label are bad.
         PatchFormatError: A column has the wrong type.
     """
-    metadata = PatchMetadata.from_json(metadata_json, where=path)
     ids = np.asarray(block.column(PATCH_ID).to_pylist(), dtype=object)
     try:
         pixels, _ = check_rows(block, path, metadata)
@@ -464,7 +463,7 @@ def write_predictions(
         validate_block,
         batch_format="pyarrow",
         batch_size=None,  # whole blocks: the checks are vectorised
-        fn_kwargs={"path": str(source), "metadata_json": info.metadata.to_json()},
+        fn_kwargs={"path": str(source), "metadata": info.metadata},  # the validated metadata, pickled as it is
         num_cpus=IO_TASK_CPUS,
     )
     ds = ds.map_batches(

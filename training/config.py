@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
+from data.atomic import check_creatable
 from data.pipeline import AUGMENTATIONS, DEFAULT_AUGMENTATION
 
 # The hyperparameters population-based training mutates, named once. After a checkpoint is loaded, the worker
@@ -44,7 +46,7 @@ class TrainConfig:
         channels: Width of the ResNet (stem channels).
         dropout: Dropout at the end of each residual block (the head has its own, ``ResNetConfig.head_dropout``).
         checkpoint_every: Report a checkpoint every this many epochs (PBT aligns its perturbation interval).
-        keep_checkpoints: How many checkpoints Ray keeps (the best by validation accuracy).
+        keep_checkpoints: How many checkpoints Ray keeps (the best by ``metric``).
         metric: The reported metric checkpoints are ranked by (which Ray keeps, which is best), one of
             ``RANKABLE_METRICS``; PBT ranks its members by the same one.
         mode: ``max`` or ``min``: whether a higher ``metric`` is better; None (the default) takes the metric's own
@@ -75,8 +77,7 @@ class TrainConfig:
     mode: str | None = None  # None: the metric's own direction (RANKABLE_METRICS)
 
     def __post_init__(self) -> None:
-        if self.mode is None:  # frozen: set once here, so that every reader sees the resolved direction
-            object.__setattr__(self, "mode", RANKABLE_METRICS.get(self.metric, "max"))
+        object.__setattr__(self, "mode", resolved_mode(self.metric, self.mode))  # frozen: resolved once, here
         problems = []
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
@@ -125,6 +126,11 @@ class TrainConfig:
         return self.grad_clip if self.grad_clip else None
 
 
+def resolved_mode(metric: str, mode: str | None) -> str:
+    """``mode`` as given, or for None the metric's own direction (``max`` for a metric this version does not know)."""
+    return mode if mode is not None else RANKABLE_METRICS.get(metric, "max")
+
+
 def ranking_score(metrics: Mapping[str, Any], metric: str, mode: str) -> float:
     """How good ``metrics`` are by ``metric``, higher being better in either mode; missing or non-finite is -inf.
 
@@ -137,6 +143,19 @@ def ranking_score(metrics: Mapping[str, Any], metric: str, mode: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return -math.inf
     return float(value) if mode == "max" else -float(value)
+
+
+def results_folder(results: str | None, prefix: str) -> Path:
+    """The ``--results`` folder, resolved (default ``results/<prefix>-<time>``), refused before any work starts.
+
+    Raises:
+        ValueError: ``results`` is an object-store URI.
+        OutputLocationError: A part of the folder's path is a file, or it cannot be written.
+    """
+    reject_uri(results)
+    folder = Path(results) if results else Path("results") / time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+    check_creatable(folder.resolve(), "--results", folder=True)
+    return folder.resolve()
 
 
 def reject_uri(value: object, flag: str = "--results") -> None:

@@ -31,6 +31,7 @@ from resnet.preflight import check as preflight_check
 from training.checkpoint import load_checkpoint, run_facts, save_checkpoint, training_state
 from training.config import TrainConfig
 from training.hyperparams import apply_to_optimizer, reported_values
+from training.metrics import accuracy_from_confusion, macro_f1_from_confusion
 from training.ray_private import quiet_worker_logs
 from training.shard_cache import CachedShard, as_tensors
 
@@ -160,20 +161,6 @@ def evaluate_shard(
     return loss_sum, count, confusion
 
 
-def macro_f1_from_confusion(confusion: np.ndarray) -> float:
-    """Macro-F1 over every class of a confusion matrix (rows true, columns predicted).
-
-    Per class 2·TP / (2·TP + FP + FN), 0 for a class never seen nor predicted, then the unweighted mean: scikit-learn's
-    ``f1_score(average="macro", labels=all classes, zero_division=0)`` (a test holds the two equal). Computed here
-    rather than by scikit-learn, whose import cost every Train worker 0.7 s of start-up.
-    """
-    counts = confusion.astype(np.float64)
-    true_positives = np.diag(counts)
-    denominator = counts.sum(axis=0) + counts.sum(axis=1)  # = 2·TP + FP + FN
-    f1 = np.divide(2 * true_positives, denominator, out=np.zeros_like(true_positives), where=denominator > 0)
-    return float(f1.mean())
-
-
 def _capped(value: float) -> float:
     """``value``, or ``SENTINEL`` in place of anything larger, infinite or NaN."""
     return min(value, SENTINEL) if math.isfinite(value) else SENTINEL
@@ -204,7 +191,7 @@ def epoch_metrics(
         "epoch": epoch,
         "train_loss": SENTINEL if train_loss is None else _capped(train_loss),
         "val_loss": _capped(val_loss),
-        "val_acc": float(np.trace(confusion) / max(confusion.sum(), 1.0)),
+        "val_acc": accuracy_from_confusion(confusion),
         "val_macro_f1": macro_f1_from_confusion(confusion),
         "grad_norm_mean": _capped(train["norm_sum"] / train["norm_count"]) if train["norm_count"] else SENTINEL,
         "grad_norm_max": _capped(train["norm_max"]) if train["norm_count"] else SENTINEL,
