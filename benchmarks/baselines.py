@@ -39,6 +39,7 @@ from data.format import PatchDataset, read_dataset  # noqa: E402
 from serving.baselines import (  # noqa: E402
     FOREST_SEED,
     FOREST_TREES,
+    BaselineData,
     Features,
     band_means,
     flat_pixels,
@@ -79,7 +80,7 @@ def sklearn_baselines(dataset: PatchDataset, trees: int = FOREST_TREES) -> list[
 
     def run(name: str, model: Any, features: Features, note: str = "") -> None:
         started = time.perf_counter()
-        metrics = score(dataset, model, features)
+        metrics = score(BaselineData.from_dataset(dataset), model, features)
         rows.append((name, metrics, f"{note}{'; ' if note else ''}{time.perf_counter() - started:.1f} s"))
         print(f"  {name}: test accuracy {metrics['accuracy']:.4f}", flush=True)
 

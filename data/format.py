@@ -615,14 +615,26 @@ def read_dataset(folder: str | os.PathLike, *, seed: int = DEFAULT_SPLIT_SEED) -
         split, metadata = read_split(path)
         if dataset is None:
             dataset = PatchDataset(metadata, {})
-        elif metadata != dataset.metadata:
-            raise PatchFormatError(
-                f"{path}: metadata disagrees with {present['train'].name} ({_difference(dataset.metadata, metadata)})"
-            )
+        else:
+            check_split_metadata(path, metadata, dataset.metadata, present["train"])
         dataset.splits[name] = split
     assert dataset is not None
     _check_ids_across_splits(dataset, folder)
     return _carve(dataset, seed, present["train"])
+
+
+def check_split_metadata(
+    path: str | os.PathLike, metadata: PatchMetadata, train: PatchMetadata, train_path: str | os.PathLike
+) -> None:
+    """Refuse a split whose metadata differs from the training split's.
+
+    Raises:
+        PatchFormatError: Naming the file and the fields that differ.
+    """
+    if metadata != train:
+        raise PatchFormatError(
+            f"{path}: metadata disagrees with {Path(train_path).name} ({_difference(train, metadata)})"
+        )
 
 
 def _difference(a: PatchMetadata, b: PatchMetadata) -> str:

@@ -25,8 +25,7 @@ from ray import tune
 
 from data import DEFAULT_DATASET_DIR
 from data.atomic import write_json_atomic
-from data.format import PatchDataset, read_dataset
-from data.pipeline import build_ray_datasets, compute_band_stats
+from jobs.inputs import JobInputs, build_inputs, open_inputs
 from serving.baselines import format_test_summary, run_baselines
 from serving.bundle import BUNDLE_DIR, export_bundle
 from serving.evaluate import TEST_METRICS_FILE, VARIANT_METRICS, evaluate_members, rank_members
@@ -155,9 +154,9 @@ def tune_experiment(config: ExperimentConfig) -> ExperimentResult:
         ExperimentInterrupted: The fit stopped before every member finished.
     """
     config, results = _experiment(config)
-    dataset = read_dataset(config.data)
-    stats = compute_band_stats(dataset.train.pixels)
+    source = open_inputs(config.data)  # footers and ids, checked before Ray starts
     connect(config.address, config.num_cpus)
+    inputs = build_inputs(source)
     base, concurrent = _member_config(config)
     results.mkdir(parents=True, exist_ok=True)
     if not config.resume:
@@ -166,7 +165,7 @@ def tune_experiment(config: ExperimentConfig) -> ExperimentResult:
     print(
         f"PBT: {config.population} members x {config.epochs} epochs, perturbation every "
         f"{config.perturbation_interval}, {concurrent} at a time, {config.workers_per_trial} worker(s) x "
-        f"{base.cpus_per_worker:g} CPU each; data {config.data} ({len(dataset.train)} train patches); results "
+        f"{base.cpus_per_worker:g} CPU each; data {config.data} ({inputs.rows['train']} train patches); results "
         f"{results}",
         flush=True,
     )
@@ -174,22 +173,22 @@ def tune_experiment(config: ExperimentConfig) -> ExperimentResult:
         tune.with_parameters(
             PBTMember,
             base=base,
-            metadata=dataset.metadata,
-            stats=stats,
-            datasets=build_ray_datasets(dataset, stats),
+            metadata=inputs.metadata,
+            stats=inputs.stats,
+            datasets=inputs.datasets,
             storage_path=str(results / TRAIN_RUNS_DIR),
             log_dir=str(results / MEMBER_LOGS_DIR),
         ),
         {"cpu": TRIAL_FUNCTION_CPUS},
     )
     (results / MEMBER_LOGS_DIR).mkdir(parents=True, exist_ok=True)
-    tuner = _make_tuner(config, trainable, base, concurrent, dataset.metadata.num_classes, results)
+    tuner = _make_tuner(config, trainable, base, concurrent, inputs.metadata.num_classes, results)
     apply_tune_settings()
     quiet_tune_timing_notes()
     started = time.perf_counter()
     grid = tuner.fit()
     elapsed = time.perf_counter() - started
-    return _ship(config, grid, dataset, results, elapsed)
+    return _ship(config, grid, inputs, results, elapsed)
 
 
 def _experiment(config: ExperimentConfig) -> tuple[ExperimentConfig, Path]:
@@ -356,9 +355,7 @@ def _make_tuner(
     )
 
 
-def _ship(
-    config: ExperimentConfig, grid: Any, dataset: PatchDataset, results: Path, elapsed: float
-) -> ExperimentResult:
+def _ship(config: ExperimentConfig, grid: Any, inputs: JobInputs, results: Path, elapsed: float) -> ExperimentResult:
     """Test the final population's healthy members as an ensemble, bundle it and write the records.
 
     Raises:
@@ -384,9 +381,9 @@ def _ship(
     ]
     with contextlib.ExitStack() as stack:
         checkpoint_dirs = [stack.enter_context(r.checkpoint.as_directory()) for r in chosen]
-        metrics = evaluate_members(checkpoint_dirs, dataset.test)
+        metrics = evaluate_members(checkpoint_dirs, inputs.test)
         metrics.update(best_trial=best_trial, best_config={name: best.config[name] for name in NAMES})
-        metrics.update(members=members, baselines=run_baselines(dataset), wall_seconds=elapsed)
+        metrics.update(members=members, baselines=run_baselines(inputs.baselines), wall_seconds=elapsed)
         write_json_atomic(results / TEST_METRICS_FILE, metrics)
         summary = {key: metrics[key] for key in (*VARIANT_METRICS, "variant", "variants")}
         export_bundle(

@@ -20,8 +20,7 @@ from typing import Any
 
 from data import DEFAULT_DATASET_DIR
 from data.atomic import write_json_atomic
-from data.format import read_dataset
-from data.pipeline import build_ray_datasets, compute_band_stats
+from jobs.inputs import build_inputs, open_inputs
 from serving.baselines import format_test_summary, run_baselines
 from serving.bundle import BUNDLE_DIR, export_bundle
 from serving.evaluate import TEST_METRICS_FILE, VARIANT_METRICS, evaluate_members
@@ -105,26 +104,27 @@ def train_run(job: TrainJob) -> TrainResult:
     """
     cfg = job.training
     results = _results_folder(job)
-    dataset = read_dataset(job.data)
-    stats = compute_band_stats(dataset.train.pixels)
+    source = open_inputs(job.data)  # footers and ids, checked before Ray starts
     connect(job.address, job.num_cpus)
     if cfg.use_gpu and cluster_gpus() < cfg.num_workers:
         raise ValueError(f"--gpu asks for {cfg.num_workers} GPUs, the cluster has {cluster_gpus():.0f}")
-    meta = dataset.metadata
+    inputs = build_inputs(source)
+    meta, rows = inputs.metadata, inputs.rows
     print(
-        f"data {job.data}: {len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test patches, "
+        f"data {job.data}: {rows['train']} train / {rows['val']} val / {rows['test']} test patches, "
         f"{meta.num_bands} bands, {meta.height}x{meta.width}, {meta.num_classes} classes; {cfg.num_workers} "
         f"workers; results {results}",
         flush=True,
     )
     results.mkdir(parents=True, exist_ok=True)
     files = {"config": write_config(results / CONFIG_FILE, job.settings())}  # the run as a file --config takes
-    outcome = _train(job, dataset.metadata, stats, build_ray_datasets(dataset, stats), results)
+    outcome = _train(job, meta, inputs.stats, inputs.datasets, results)
     files["history"] = write_json_atomic(results / HISTORY_FILE, outcome.history)
     if outcome.best_checkpoint is None:
         raise RuntimeError("training finished without a checkpoint; nothing to evaluate")
-    metrics = evaluate_members([outcome.best_checkpoint], dataset.test)  # variants: single, single+tta
-    metrics.update(checkpoint=outcome.best_checkpoint, train_config=cfg.to_dict(), baselines=run_baselines(dataset))
+    metrics = evaluate_members([outcome.best_checkpoint], inputs.test)  # variants: single, single+tta
+    baselines = run_baselines(inputs.baselines)
+    metrics.update(checkpoint=outcome.best_checkpoint, train_config=cfg.to_dict(), baselines=baselines)
     files["test_metrics"] = write_json_atomic(results / TEST_METRICS_FILE, metrics)
     summary = {key: metrics[key] for key in (*VARIANT_METRICS, "variant", "variants")}
     files["bundle"] = export_bundle(

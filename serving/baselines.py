@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from data.format import PatchDataset
+from data.format import PatchDataset, PatchMetadata, PatchSplit
 from serving.evaluate import (
     VARIANT_METRICS,
     classification_metrics,
@@ -91,24 +91,56 @@ BASELINES = (
 )
 
 
-def score(dataset: PatchDataset, model: Any, features: Features) -> dict[str, Any]:
-    """Fit a scikit-learn model on the training split's features and return its test metrics."""
-    model.fit(features(dataset.train.pixels), dataset.train.labels)
-    predicted = model.predict(features(dataset.test.pixels))
-    return classification_metrics(dataset.test.labels, predicted, list(dataset.metadata.classes))
+@dataclass(frozen=True)
+class BaselineData:
+    """What the baselines are fitted and scored on: the training split as batches, read again for each baseline.
+
+    Attributes:
+        metadata: The dataset's metadata.
+        train_rows: Patches in the training split.
+        train_batches: Makes one pass of the training split's raw pixels (B, C, H, W) and labels (B,).
+        test: The test split.
+    """
+
+    metadata: PatchMetadata
+    train_rows: int
+    train_batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+    test: PatchSplit
+
+    @classmethod
+    def from_dataset(cls, dataset: PatchDataset) -> BaselineData:
+        """The data of a dataset in memory."""
+        train = dataset.train
+        return cls(dataset.metadata, len(train), lambda: [(train.pixels, train.labels)], dataset.test)
 
 
-def run_baselines(dataset: PatchDataset, baselines: tuple[Baseline, ...] = BASELINES) -> dict[str, dict[str, Any]]:
+def score(data: BaselineData, model: Any, features: Features) -> dict[str, Any]:
+    """Fit a scikit-learn model on the training split's features and return its test metrics.
+
+    The features are computed batch by batch, so only they, never all the training pixels, are held at once.
+    """
+    parts = [(features(pixels), labels) for pixels, labels in data.train_batches()]
+    model.fit(np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]))
+    predicted = model.predict(features(data.test.pixels))
+    return classification_metrics(data.test.labels, predicted, list(data.metadata.classes))
+
+
+def run_baselines(
+    data: BaselineData | PatchDataset, baselines: tuple[Baseline, ...] = BASELINES
+) -> dict[str, dict[str, Any]]:
     """Fit every baseline on the training split and score it on the test split, or skip it when the split is too large.
 
     Returns:
         By baseline key: ``name`` and either ``accuracy``, ``macro_f1``, ``kappa`` and ``seconds``, or ``skipped``
         (a one-line note saying why).
     """
+    if isinstance(data, PatchDataset):
+        data = BaselineData.from_dataset(data)
+    meta = data.metadata
     results = {}
     for baseline in baselines:
-        patches = len(dataset.train)
-        features = baseline.features(dataset.train.pixels[:1]).shape[1]
+        patches = data.train_rows
+        features = baseline.features(np.zeros((1, meta.num_bands, meta.height, meta.width), np.float32)).shape[1]
         if patches * features > baseline.max_cells:
             note = (
                 f"{baseline.name} skipped: the training split has {patches:,} patches x {features:,} features, "
@@ -118,7 +150,7 @@ def run_baselines(dataset: PatchDataset, baselines: tuple[Baseline, ...] = BASEL
             results[baseline.key] = {"name": baseline.name, "skipped": note}
             continue
         started = time.perf_counter()
-        metrics = score(dataset, baseline.build(), baseline.features)
+        metrics = score(data, baseline.build(), baseline.features)
         results[baseline.key] = {
             "name": baseline.name,
             **{key: metrics[key] for key in VARIANT_METRICS},

@@ -35,7 +35,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import torch
-from ray.exceptions import UserCodeException
 
 from data.atomic import check_creatable, write_folder_atomic
 from data.format import (
@@ -46,16 +45,13 @@ from data.format import (
     PIXELS,
     SPLITS,
     PatchFileInfo,
-    PatchFormatError,
-    PatchMetadata,
-    PatchRowError,
-    check_rows,
     read_dataset,
     read_file_info,
     read_patch_ids,
     write_split,
 )
 from data.messages import brief_list
+from data.streaming import validate_block, with_file_rows
 from serving.bundle import Bundle, PredictionMode, check_compatible, load_bundle
 from serving.evaluate import PREDICT_BATCH_SIZE, confusion_metrics
 from training.cluster import cluster_cpus, connect
@@ -248,40 +244,6 @@ def report_progress(
             rate = done / max(time.perf_counter() - started, 1e-9)
             say(f"predicted {done}/{total} patches ({rate:.0f}/s)")
             next_line = (done // step + 1) * step
-
-
-class BlockRowError(PatchFormatError, UserCodeException):
-    """A bad row found in a Ray Data block, named by its patch id (a block does not know where it starts in the file).
-
-    A :class:`ray.exceptions.UserCodeException`, so that Ray Data reports it as the user's error, not its own.
-
-    Args:
-        path: The input file.
-        patch_id: The id of the bad row.
-        problem: What is wrong with it.
-    """
-
-    def __init__(self, path: str, patch_id: str, problem: str) -> None:
-        self.path, self.patch_id, self.problem = path, patch_id, problem
-        super().__init__(f"{path}: patch {patch_id!r}: {problem}")
-
-    def __reduce__(self) -> tuple:
-        return type(self), (self.path, self.patch_id, self.problem)
-
-
-def validate_block(block: pa.Table, path: str, metadata: PatchMetadata) -> dict[str, np.ndarray]:
-    """Check one block of the input with the format's row checks; its ids and pixels, shape (N, C, H, W).
-
-    Raises:
-        BlockRowError: A row's pixels or label are bad.
-        PatchFormatError: A column has the wrong type.
-    """
-    ids = np.asarray(block.column(PATCH_ID).to_pylist(), dtype=object)
-    try:
-        pixels, _ = check_rows(block, path, metadata)
-    except PatchRowError as err:
-        raise BlockRowError(path, ids[err.row], err.problem) from None
-    return {PATCH_ID: ids, PIXELS: pixels}
 
 
 def check_output(path: Path, overwrite: bool) -> None:
@@ -485,19 +447,17 @@ def write_predictions(
     )
     # A folder output: parts of PART_ROWS rows (the last one shorter); a file output: one write task, one file.
     per_file = PART_ROWS if is_folder_output(config.output) else info.num_rows
-    try:
-        ds.write_parquet(
+    with_file_rows(
+        source,
+        lambda: ds.write_parquet(
             str(staging),
             schema=schema,
             compression="zstd",
             min_rows_per_file=per_file,
             max_rows_per_file=per_file,
             ray_remote_args={"num_cpus": IO_TASK_CPUS},
-        )
-    except BlockRowError as err:
-        # Only the failure path reads the ids again, to turn the patch id into the row read_split would name.
-        ids = pq.read_table(source, columns=[PATCH_ID]).column(PATCH_ID).to_pylist()
-        raise PatchRowError(source, ids.index(err.patch_id), err.problem) from None
+        ),
+    )
 
 
 def _aligned(left: Iterator[pa.RecordBatch], right: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, ...]]:

@@ -1,0 +1,282 @@
+"""Ray Data reads of a dataset folder's Parquet files: validation per block, exact band statistics, normalisation.
+
+The driver reads only footers and the ``patch_id`` column (:func:`open_dataset_files`); Ray Data's tasks read the
+pixels. The training split is scanned once (every block checked with the format's row checks, per-band moments
+combined exactly with Chan's formulas) for its band statistics; then each split is read, checked and normalised in
+``map_batches``, and kept in the object store only when it fits :data:`MATERIALIZE_SHARE` of it; a larger split is
+streamed from Parquet on every pass. A bad row stops the run with the message :func:`data.format.read_split` gives
+(file and row).
+
+A folder that needs splits carved from ``train`` (see :func:`data.format.read_dataset`) is not handled here: carving
+is stratified by label over the whole file, and the callers read such a folder in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ray.exceptions import UserCodeException
+
+from data.format import (
+    LABEL,
+    PARQUET_SUFFIX,
+    PATCH_ID,
+    PIXELS,
+    SPLITS,
+    PatchFileInfo,
+    PatchFormatError,
+    PatchMetadata,
+    PatchRowError,
+    check_rows,
+    check_split_metadata,
+    read_file_info,
+    read_patch_ids,
+)
+from data.pipeline import DEFAULT_BLOCKS, LABEL_COLUMN, MIN_STD, PIXELS_COLUMN, BandStats, normalise
+
+# Largest share of the cluster's object-store memory that the materialised splits (normalised float32 pixels) may
+# take together; beyond it every split is streamed from Parquet on each pass. PBT members share one copy.
+MATERIALIZE_SHARE = 0.3
+# Rows per batch of the driver's own pass over a split (the baselines), about 14 MB of 14x8x8 patches.
+DRIVER_BATCH_ROWS = 4096
+
+T = TypeVar("T")
+
+
+class BlockRowError(PatchFormatError, UserCodeException):
+    """A bad row found in a Ray Data block, named by its patch id (a block does not know where it starts in the file).
+
+    A :class:`ray.exceptions.UserCodeException`, so that Ray Data reports it as the user's error, not its own.
+
+    Args:
+        path: The input file.
+        patch_id: The id of the bad row.
+        problem: What is wrong with it.
+    """
+
+    def __init__(self, path: str, patch_id: str, problem: str) -> None:
+        self.path, self.patch_id, self.problem = path, patch_id, problem
+        super().__init__(f"{path}: patch {patch_id!r}: {problem}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.path, self.patch_id, self.problem)
+
+
+def validate_block(block: pa.Table, path: str, metadata: PatchMetadata) -> dict[str, np.ndarray]:
+    """Check one block of the input with the format's row checks; its ids and pixels, shape (N, C, H, W).
+
+    Raises:
+        BlockRowError: A row's pixels or label are bad.
+        PatchFormatError: A column has the wrong type.
+    """
+    ids = np.asarray(block.column(PATCH_ID).to_pylist(), dtype=object)
+    pixels, _ = _checked(block, path, metadata)
+    return {PATCH_ID: ids, PIXELS: pixels}
+
+
+def _checked(block: pa.Table, path: str, metadata: PatchMetadata) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`data.format.check_rows` of a block, a bad row named by its patch id."""
+    try:
+        return check_rows(block, path, metadata)
+    except PatchRowError as err:
+        raise BlockRowError(path, block.column(PATCH_ID)[err.row].as_py(), err.problem) from None
+
+
+def with_file_rows(path: str | os.PathLike, run: Callable[[], T]) -> T:
+    """``run()``, with a :class:`BlockRowError` turned into the :class:`PatchRowError` naming the file's row.
+
+    Only this failure path reads the ids again, to find the row ``read_split`` would name.
+    """
+    try:
+        return run()
+    except BlockRowError as err:
+        ids = pq.read_table(path, columns=[PATCH_ID]).column(PATCH_ID).to_pylist()
+        raise PatchRowError(path, ids.index(err.patch_id), err.problem) from None
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    """A dataset folder's split files as their footers describe them (no pixels read).
+
+    Attributes:
+        metadata: The metadata every split agrees on.
+        files: Each split's file, by split name (``train``, ``val``, ``test``).
+        infos: Each split's footer, by split name.
+    """
+
+    metadata: PatchMetadata
+    files: dict[str, Path]
+    infos: dict[str, PatchFileInfo]
+
+    def num_rows(self, split: str) -> int:
+        """Patches in a split."""
+        return self.infos[split].num_rows
+
+
+def open_dataset_files(folder: str | os.PathLike) -> DatasetFiles | None:
+    """The footers of a folder holding ``train.parquet``, ``val.parquet`` and ``test.parquet``, checked.
+
+    Checks what :func:`data.format.read_dataset` checks without reading pixels: each footer, the splits' agreement
+    on the metadata, and the patch ids (none empty, none repeated within or across splits). The rows are checked by
+    the Ray Data reads.
+
+    Returns:
+        The files, or None when the folder lacks one of the three (its splits must be carved: read it in memory).
+
+    Raises:
+        PatchFormatError: A footer is bad, the splits disagree, or an id is empty or repeated.
+    """
+    folder = Path(folder)
+    files = {name: folder / f"{name}{PARQUET_SUFFIX}" for name in SPLITS}
+    if not folder.is_dir() or not all(path.is_file() for path in files.values()):
+        return None
+    infos = {name: read_file_info(path) for name, path in files.items()}
+    for name, info in infos.items():
+        check_split_metadata(files[name], info.metadata, infos["train"].metadata, files["train"])
+    seen: dict[str, str] = {}
+    for name, path in files.items():
+        for pid in read_patch_ids(path):
+            if pid in seen:
+                raise PatchFormatError(f"{folder}: {PATCH_ID} {pid!r} appears in both {seen[pid]} and {name}")
+            seen[pid] = name
+    return DatasetFiles(metadata=infos["train"].metadata, files=files, infos=infos)
+
+
+def _block_moments(block: pa.Table, path: str, metadata: PatchMetadata) -> dict[str, np.ndarray]:
+    """One row per block: its patch count, per-band mean and sum of squared deviations, and label counts."""
+    pixels, labels = _checked(block, path, metadata)
+    values = pixels.astype(np.float64).transpose(1, 0, 2, 3).reshape(metadata.num_bands, -1)  # (C, N*H*W)
+    mean = values.mean(axis=1)
+    m2 = ((values - mean[:, None]) ** 2).sum(axis=1)
+    counts = np.bincount(labels, minlength=metadata.num_classes)
+    return {"values": np.array([values.shape[1]]), "mean": mean[None], "m2": m2[None], "labels": counts[None]}
+
+
+def combine_moments(counts: np.ndarray, means: np.ndarray, m2s: np.ndarray) -> BandStats:
+    """Exact band statistics from per-block moments (Chan et al.'s pairwise update, population std).
+
+    Args:
+        counts: Values per band in each block, shape (B,).
+        means: Each block's per-band mean, shape (B, C).
+        m2s: Each block's per-band sum of squared deviations from its mean, shape (B, C).
+    """
+    total, mean, m2 = 0.0, np.zeros(means.shape[1]), np.zeros(means.shape[1])
+    for n, block_mean, block_m2 in zip(counts.astype(np.float64), means, m2s, strict=True):
+        if n == 0:
+            continue
+        delta = block_mean - mean
+        combined = total + n
+        mean = mean + delta * (n / combined)
+        m2 = m2 + block_m2 + delta**2 * (total * n / combined)
+        total = combined
+    return BandStats(mean=mean, std=np.maximum(np.sqrt(m2 / total), MIN_STD))
+
+
+def _prepare_context() -> None:
+    import ray.data
+
+    # A BlockRowError reaches the driver as itself (with its fields), not as Ray's wrapper of it.
+    ray.data.DataContext.get_current().raise_original_map_exception = True
+
+
+def streamed_band_stats(files: DatasetFiles) -> tuple[BandStats, np.ndarray]:
+    """Scan the training split in Ray Data: every row checked, band statistics exact (Ray connected).
+
+    Returns:
+        The statistics and the count of each class in the split.
+
+    Raises:
+        PatchRowError: A row is bad (the message names the file and row).
+        PatchFormatError: A column has the wrong type.
+    """
+    import ray.data
+
+    _prepare_context()
+    path = str(files.files["train"])
+    ds = ray.data.read_parquet(path).select_columns([PATCH_ID, PIXELS, LABEL])
+    ds = ds.map_batches(
+        _block_moments, batch_format="pyarrow", batch_size=None, fn_kwargs={"path": path, "metadata": files.metadata}
+    )
+    rows = with_file_rows(path, ds.take_all)
+    counts = np.array([int(np.asarray(r["values"]).reshape(-1)[0]) for r in rows])
+    means = np.stack([np.asarray(r["mean"], dtype=np.float64).reshape(-1) for r in rows])
+    m2s = np.stack([np.asarray(r["m2"], dtype=np.float64).reshape(-1) for r in rows])
+    labels = np.sum([np.asarray(r["labels"]).reshape(-1) for r in rows], axis=0)
+    return combine_moments(counts, means, m2s), labels
+
+
+def _normalised_block(block: pa.Table, path: str, metadata: PatchMetadata, stats: BandStats) -> dict[str, np.ndarray]:
+    """A block checked and normalised: ``pixels`` float32 (N, C, H, W) and ``label`` int64 class indices."""
+    pixels, labels = _checked(block, path, metadata)
+    return {PIXELS_COLUMN: normalise(pixels, stats), LABEL_COLUMN: labels}
+
+
+def stream_ray_datasets(
+    files: DatasetFiles,
+    stats: BandStats,
+    splits: tuple[str, ...] = ("train", "val"),
+    object_store_bytes: float | None = None,
+    blocks: int = DEFAULT_BLOCKS,
+) -> dict[str, Any]:
+    """Ray datasets of the splits, read, checked and normalised by Ray Data (Ray connected).
+
+    The splits are materialised (``train`` then in a shuffled block order) when their normalised pixels together fit
+    :data:`MATERIALIZE_SHARE` of the object store, and raise a bad row's error here; otherwise each pass streams them
+    from Parquet, and a bad row stops the run with its error.
+
+    Args:
+        files: The dataset's files.
+        stats: Band statistics of the training split.
+        splits: Which splits to build.
+        object_store_bytes: The cluster's object-store memory (None: ask Ray).
+        blocks: Blocks of each materialised split, so that several workers each get several.
+    """
+    import ray
+    import ray.data
+
+    _prepare_context()
+    if object_store_bytes is None:
+        object_store_bytes = ray.cluster_resources().get("object_store_memory", 0.0)
+    values = files.metadata.values_per_patch
+    needed = sum(files.num_rows(name) * values * np.dtype(np.float32).itemsize for name in splits)
+    keep = needed <= MATERIALIZE_SHARE * object_store_bytes
+    built = {}
+    for name in splits:
+        path = str(files.files[name])
+        ds = ray.data.read_parquet(path).select_columns([PATCH_ID, PIXELS, LABEL])
+        ds = ds.map_batches(
+            _normalised_block,
+            batch_format="pyarrow",
+            batch_size=None,
+            fn_kwargs={"path": path, "metadata": files.metadata, "stats": stats},
+        )
+        if keep:
+            ds = with_file_rows(path, ds.repartition(min(blocks, files.num_rows(name))).materialize)
+            if name == "train":
+                ds = ds.randomize_block_order()
+        built[name] = ds
+    return built
+
+
+def split_batches(files: DatasetFiles, split: str, rows: int = DRIVER_BATCH_ROWS) -> Iterator[tuple[np.ndarray, ...]]:
+    """A split's raw pixels (B, C, H, W) and labels (B,), batch by batch, read in this process.
+
+    Raises:
+        PatchRowError: A row is bad (naming the file and row).
+    """
+    path = files.files[split]
+    start = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=[PIXELS, LABEL]):
+        try:
+            pixels, labels = check_rows(pa.Table.from_batches([batch]), path, files.metadata)
+        except PatchRowError as err:
+            raise PatchRowError(path, start + err.row, err.problem) from None
+        start += len(batch)
+        yield pixels, labels
