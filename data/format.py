@@ -316,7 +316,7 @@ def write_dataset(folder: str | os.PathLike, dataset: PatchDataset, *, overwrite
     unknown = sorted(set(dataset.splits) - set(SPLITS))
     if unknown or "train" not in dataset.splits:
         raise PatchFormatError(f"{folder}: splits must include train and be among {', '.join(SPLITS)}, got {unknown}")
-    _check_ids_across_splits(dataset, folder)
+    check_ids_across_splits({name: split.patch_ids for name, split in dataset.splits.items()}, folder)
     with write_folder_atomic(folder, DATASET_FILES, "dataset", overwrite=overwrite) as tmp:
         for name, split in dataset.splits.items():
             write_split(tmp / f"{name}{PARQUET_SUFFIX}", split, dataset.metadata)
@@ -619,7 +619,7 @@ def read_dataset(folder: str | os.PathLike, *, seed: int = DEFAULT_SPLIT_SEED) -
             check_split_metadata(path, metadata, dataset.metadata, present["train"])
         dataset.splits[name] = split
     assert dataset is not None
-    _check_ids_across_splits(dataset, folder)
+    check_ids_across_splits({name: split.patch_ids for name, split in dataset.splits.items()}, folder)
     return _carve(dataset, seed, present["train"])
 
 
@@ -648,10 +648,15 @@ def _shown(value: object) -> str:
     return f"({brief_list(value)})" if isinstance(value, tuple) else str(value)
 
 
-def _check_ids_across_splits(dataset: PatchDataset, folder: Path) -> None:
+def check_ids_across_splits(ids: Mapping[str, Sequence[str]], folder: str | os.PathLike) -> None:
+    """Refuse a patch id that appears in two splits (``ids``: each split's ids, by split name).
+
+    Raises:
+        PatchFormatError: Naming the folder, the id and both splits.
+    """
     seen: dict[str, str] = {}
-    for name, split in dataset.splits.items():
-        for pid in split.patch_ids:
+    for name, split_ids in ids.items():
+        for pid in split_ids:
             if pid in seen:
                 raise PatchFormatError(f"{folder}: {PATCH_ID} {pid!r} appears in both {seen[pid]} and {name}")
             seen[pid] = name

@@ -34,6 +34,7 @@ from data.format import (
     PatchFormatError,
     PatchMetadata,
     PatchRowError,
+    check_ids_across_splits,
     check_rows,
     check_split_metadata,
     read_file_info,
@@ -97,7 +98,7 @@ def with_file_rows(path: str | os.PathLike, run: Callable[[], T]) -> T:
     try:
         return run()
     except BlockRowError as err:
-        ids = pq.read_table(path, columns=[PATCH_ID]).column(PATCH_ID).to_pylist()
+        ids = read_patch_ids(path).tolist()
         raise PatchRowError(path, ids.index(err.patch_id), err.problem) from None
 
 
@@ -140,12 +141,7 @@ def open_dataset_files(folder: str | os.PathLike) -> DatasetFiles | None:
     infos = {name: read_file_info(path) for name, path in files.items()}
     for name, info in infos.items():
         check_split_metadata(files[name], info.metadata, infos["train"].metadata, files["train"])
-    seen: dict[str, str] = {}
-    for name, path in files.items():
-        for pid in read_patch_ids(path):
-            if pid in seen:
-                raise PatchFormatError(f"{folder}: {PATCH_ID} {pid!r} appears in both {seen[pid]} and {name}")
-            seen[pid] = name
+    check_ids_across_splits({name: read_patch_ids(path) for name, path in files.items()}, folder)
     return DatasetFiles(metadata=infos["train"].metadata, files=files, infos=infos)
 
 
