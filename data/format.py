@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from data.atomic import check_replaceable, write_file_atomic, write_folder_atomic
 from data.messages import brief_list, one_line
+from data.storage import Location, is_uri, locate, shown
 
 PATCH_ID = "patch_id"
 LABEL = "label"
@@ -332,31 +333,43 @@ def check_dataset_replaceable(folder: str | os.PathLike, *, overwrite: bool) -> 
 
 
 def read_metadata(path: str | os.PathLike) -> PatchMetadata:
-    """Read and validate only the ``patches`` metadata of a Parquet file."""
-    path = Path(path)
-    schema = _read_schema(path)
+    """Read and validate only the ``patches`` metadata of a Parquet file (a path or an object-store URI)."""
+    source, path = _source(path)
+    schema = _read_schema(source, path)
     return _metadata_of(schema, path)
 
 
-def _read_schema(path: Path) -> pa.Schema:
-    if not path.is_file():
+def _source(path: str | os.PathLike) -> tuple[Location, str]:
+    """Where a file is (see :mod:`data.storage`) and how messages name it: the path as given, or the URI."""
+    return locate(path), _named(path)
+
+
+def _named(path: str | os.PathLike) -> str:
+    """A file as messages name it: a local path as given (normalised), a URI as typed."""
+    return shown(path) if is_uri(path) else str(Path(path))
+
+
+def _read_schema(source: Location, path: str) -> pa.Schema:
+    if not source.is_file():
         raise PatchFormatError(f"{path}: no such file")
     try:
-        if path.stat().st_size == 0:
+        if source.size() == 0:
             raise PatchFormatError(f"{path}: file is empty (0 bytes), not a Parquet file")
-        return pq.read_schema(path)
+        return pq.read_schema(source.path, filesystem=source.filesystem)
     except (pa.ArrowException, OSError, ValueError) as err:
+        if isinstance(err, PatchFormatError):
+            raise
         raise _corrupt(path, err) from None
 
 
-def _metadata_of(schema: pa.Schema, path: Path) -> PatchMetadata:
+def _metadata_of(schema: pa.Schema, path: str) -> PatchMetadata:
     raw = (schema.metadata or {}).get(METADATA_KEY.encode())
     if raw is None:
         raise PatchFormatError(f"{path}: file metadata lacks the '{METADATA_KEY}' key (bands, height, width, classes)")
     return PatchMetadata.from_json(raw, where=str(path))
 
 
-def _corrupt(path: Path, err: BaseException) -> PatchFormatError:
+def _corrupt(path: str, err: BaseException) -> PatchFormatError:
     return PatchFormatError(f"{path}: not a readable Parquet file, truncated or corrupt ({one_line(err)})")
 
 
@@ -374,9 +387,9 @@ def read_split(path: str | os.PathLike, *, require_labels: bool = True) -> tuple
         PatchFormatError: Anything about the file is wrong; the message names the file and, where it applies,
             the first offending row.
     """
-    path = Path(path)
     metadata = read_file_info(path, require_labels=require_labels).metadata  # the footer's checks first
-    table = _read_table(path)
+    source, path = _source(path)
+    table = _read_table(source, path)
     ids = _read_ids(table, path)
     pixels, labels = check_rows(table, path, metadata)
     return PatchSplit(patch_ids=ids, pixels=pixels, labels=labels), metadata
@@ -389,12 +402,12 @@ def read_file_info(path: str | os.PathLike, *, require_labels: bool = True) -> P
         PatchFormatError: The file is missing, empty, unreadable, lacks its metadata or a column, or has no rows;
             the same messages as :func:`read_split`.
     """
-    path = Path(path)
-    schema = _read_schema(path)
+    source, path = _source(path)
+    schema = _read_schema(source, path)
     metadata = _metadata_of(schema, path)
     _check_columns(schema, path, require_labels)
     try:
-        num_rows = pq.ParquetFile(path).metadata.num_rows
+        num_rows = pq.ParquetFile(source.path, filesystem=source.filesystem).metadata.num_rows
     except (pa.ArrowException, OSError, ValueError) as err:
         raise _corrupt(path, err) from None
     if num_rows == 0:
@@ -410,8 +423,8 @@ def read_patch_ids(path: str | os.PathLike) -> np.ndarray:
     Raises:
         PatchFormatError: The column is damaged, not strings, or holds an empty or duplicate id (naming the row).
     """
-    path = Path(path)
-    return _read_ids(_read_table(path, columns=[PATCH_ID]), path)
+    source, path = _source(path)
+    return _read_ids(_read_table(source, path, columns=[PATCH_ID]), path)
 
 
 def check_rows(
@@ -429,13 +442,13 @@ def check_rows(
         PatchRowError: A row holds a bad value; ``row`` and ``problem`` say which and what.
         PatchFormatError: A column has the wrong type.
     """
-    path = Path(path)
+    path = _named(path)
     pixels = _read_pixels(table, path, metadata)
     labels = _read_labels(table, path, metadata) if LABEL in table.column_names else None
     return pixels, labels
 
 
-def _check_columns(schema: pa.Schema, path: Path, require_labels: bool) -> None:
+def _check_columns(schema: pa.Schema, path: str, require_labels: bool) -> None:
     required = [PATCH_ID, PIXELS] + ([LABEL] if require_labels else [])
     missing = [name for name in required if name not in schema.names]
     if missing:
@@ -444,9 +457,9 @@ def _check_columns(schema: pa.Schema, path: Path, require_labels: bool) -> None:
         )
 
 
-def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+def _read_table(source: Location, path: str, columns: list[str] | None = None) -> pa.Table:
     try:
-        table = pq.read_table(path, columns=columns)
+        table = pq.read_table(source.path, columns=columns, filesystem=source.filesystem)
         # Full validation catches what decoding lets through from a damaged file, such as invalid UTF-8 in strings.
         table.validate(full=True)
     except (pa.ArrowException, OSError, ValueError) as err:
@@ -458,7 +471,7 @@ def _first_true(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def _string_column(table: pa.Table, name: str, path: Path, what: str) -> list:
+def _string_column(table: pa.Table, name: str, path: str, what: str) -> list:
     """Return a string column as Python values, decoding dictionary-encoded strings (as pandas writes categoricals)."""
     column = table.column(name)
     kind = column.type
@@ -484,13 +497,13 @@ def _check_ids(ids: np.ndarray, where: str) -> None:
         raise PatchRowError(where, rows[1], f"duplicate {PATCH_ID} {dup!r} (first seen in row {rows[0]})")
 
 
-def _read_ids(table: pa.Table, path: Path) -> np.ndarray:
+def _read_ids(table: pa.Table, path: str) -> np.ndarray:
     ids = np.asarray(_string_column(table, PATCH_ID, path, "strings"), dtype=object)
-    _check_ids(ids, str(path))
+    _check_ids(ids, path)
     return ids
 
 
-def _read_pixels(table: pa.Table, path: Path, metadata: PatchMetadata) -> np.ndarray:
+def _read_pixels(table: pa.Table, path: str, metadata: PatchMetadata) -> np.ndarray:
     column = table.column(PIXELS).combine_chunks()
     kind = column.type
     if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
@@ -524,7 +537,7 @@ def _read_pixels(table: pa.Table, path: Path, metadata: PatchMetadata) -> np.nda
     return np.ascontiguousarray(pixels)
 
 
-def _read_labels(table: pa.Table, path: Path, metadata: PatchMetadata) -> np.ndarray:
+def _read_labels(table: pa.Table, path: str, metadata: PatchMetadata) -> np.ndarray:
     names = _string_column(table, LABEL, path, "class-name strings")
     index = {name: i for i, name in enumerate(metadata.classes)}
     labels = np.empty(len(names), dtype=np.int64)
@@ -594,13 +607,13 @@ def read_dataset(folder: str | os.PathLike, *, seed: int = DEFAULT_SPLIT_SEED) -
     Raises:
         PatchFormatError: The folder or any file in it is not a valid dataset.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
+    location, folder = _source(folder)
+    if not location.is_dir():
         raise PatchFormatError(f"{folder}: not a dataset folder (expected train.parquet, val.parquet, test.parquet)")
-    present = {name: folder / f"{name}{PARQUET_SUFFIX}" for name in SPLITS}
-    present = {name: p for name, p in present.items() if p.is_file()}
+    present = {name: f"{name}{PARQUET_SUFFIX}" for name in SPLITS}
+    present = {name: child(folder, file) for name, file in present.items() if location.join(file).is_file()}
     if not present:
-        files = sorted(folder.glob(f"*{PARQUET_SUFFIX}"))
+        files = [child(folder, name) for name in location.names() if name.endswith(PARQUET_SUFFIX)]
         if len(files) != 1:
             raise PatchFormatError(
                 f"{folder}: expected train.parquet/val.parquet/test.parquet or exactly one Parquet file, "
@@ -623,6 +636,11 @@ def read_dataset(folder: str | os.PathLike, *, seed: int = DEFAULT_SPLIT_SEED) -
     return _carve(dataset, seed, present["train"])
 
 
+def child(folder: str | os.PathLike, name: str) -> str:
+    """The file ``name`` in ``folder`` (a path or a URI), as messages and readers take it."""
+    return f"{shown(folder).rstrip('/')}/{name}" if is_uri(folder) else str(Path(folder) / name)
+
+
 def check_split_metadata(
     path: str | os.PathLike, metadata: PatchMetadata, train: PatchMetadata, train_path: str | os.PathLike
 ) -> None:
@@ -633,7 +651,7 @@ def check_split_metadata(
     """
     if metadata != train:
         raise PatchFormatError(
-            f"{path}: metadata disagrees with {Path(train_path).name} ({_difference(train, metadata)})"
+            f"{path}: metadata disagrees with {locate(train_path).name} ({_difference(train, metadata)})"
         )
 
 
@@ -662,7 +680,7 @@ def check_ids_across_splits(ids: Mapping[str, Sequence[str]], folder: str | os.P
             seen[pid] = name
 
 
-def _carve(dataset: PatchDataset, seed: int, source: Path) -> PatchDataset:
+def _carve(dataset: PatchDataset, seed: int, source: str) -> PatchDataset:
     """Carve missing val/test splits out of train, stratified, keeping the given ones untouched."""
     missing = [name for name in ("val", "test") if name not in dataset.splits]
     if not missing:

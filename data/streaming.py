@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -37,10 +36,12 @@ from data.format import (
     check_ids_across_splits,
     check_rows,
     check_split_metadata,
+    child,
     read_file_info,
     read_patch_ids,
 )
 from data.pipeline import DEFAULT_BLOCKS, LABEL_COLUMN, MIN_STD, PIXELS_COLUMN, BandStats, normalise
+from data.storage import locate, shown
 
 # Largest share of the cluster's object-store memory that the materialised splits (normalised float32 pixels) may
 # take together; beyond it every split is streamed from Parquet on each pass. PBT members share one copy.
@@ -108,12 +109,12 @@ class DatasetFiles:
 
     Attributes:
         metadata: The metadata every split agrees on.
-        files: Each split's file, by split name (``train``, ``val``, ``test``).
+        files: Each split's file (a path or URI), by split name (``train``, ``val``, ``test``).
         infos: Each split's footer, by split name.
     """
 
     metadata: PatchMetadata
-    files: dict[str, Path]
+    files: dict[str, str]
     infos: dict[str, PatchFileInfo]
 
     def num_rows(self, split: str) -> int:
@@ -134,14 +135,14 @@ def open_dataset_files(folder: str | os.PathLike) -> DatasetFiles | None:
     Raises:
         PatchFormatError: A footer is bad, the splits disagree, or an id is empty or repeated.
     """
-    folder = Path(folder)
-    files = {name: folder / f"{name}{PARQUET_SUFFIX}" for name in SPLITS}
-    if not folder.is_dir() or not all(path.is_file() for path in files.values()):
+    location = locate(folder)
+    if not location.is_dir() or not all(location.join(f"{name}{PARQUET_SUFFIX}").is_file() for name in SPLITS):
         return None
+    files = {name: child(folder, f"{name}{PARQUET_SUFFIX}") for name in SPLITS}
     infos = {name: read_file_info(path) for name, path in files.items()}
     for name, info in infos.items():
         check_split_metadata(files[name], info.metadata, infos["train"].metadata, files["train"])
-    check_ids_across_splits({name: read_patch_ids(path) for name, path in files.items()}, folder)
+    check_ids_across_splits({name: read_patch_ids(path) for name, path in files.items()}, shown(folder))
     return DatasetFiles(metadata=infos["train"].metadata, files=files, infos=infos)
 
 
@@ -268,8 +269,11 @@ def split_batches(files: DatasetFiles, split: str, rows: int = DRIVER_BATCH_ROWS
         PatchRowError: A row is bad (naming the file and row).
     """
     path = files.files[split]
+    source = locate(path)
     start = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=[PIXELS, LABEL]):
+    for batch in pq.ParquetFile(source.path, filesystem=source.filesystem).iter_batches(
+        batch_size=rows, columns=[PIXELS, LABEL]
+    ):
         try:
             pixels, labels = check_rows(pa.Table.from_batches([batch]), path, files.metadata)
         except PatchRowError as err:

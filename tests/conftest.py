@@ -115,3 +115,79 @@ def head_environment(tmp_path):
     finally:
         stop_marked_processes(marker)
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Server:
+    """An S3-compatible server (moto) on 127.0.0.1 that this process's environment points at."""
+
+    endpoint: str
+
+    def bucket(self, name: str) -> str:
+        """Create a bucket (if missing); returns its URI."""
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.endpoint)
+        try:
+            client.create_bucket(Bucket=name)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        return f"s3://{name}"
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's S3 server for one test module, on a free loopback port, stopped by its PID afterwards.
+
+    The standard AWS variables point this process (and the Ray clusters it starts afterwards, whose workers inherit
+    them) at it; they are put back when the module ends. Request the fixture before ``ray_cluster``.
+    """
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    (port,) = _free_ports(1)
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    names = (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_EC2_METADATA_DISABLED",
+    )
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=2).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto's S3 server did not start on {endpoint}") from None
+                time.sleep(0.2)
+        yield S3Server(endpoint)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
