@@ -45,6 +45,11 @@ def shown(value: str | os.PathLike) -> str:
     return str(value)
 
 
+def path_or_uri(value: str | os.PathLike) -> Path | str:
+    """A ``--data``-style argument: a URI kept as typed (``pathlib`` folds its ``//``), anything else a ``Path``."""
+    return shown(value) if is_uri(value) else Path(value)
+
+
 @dataclass(frozen=True)
 class Location:
     """A file or folder on a local disk or in an object store.
@@ -227,6 +232,28 @@ def _checked(location: Location, call: Callable, flag: str | None = None):  # no
         if "ACCESS_DENIED" in text or "AccessDenied" in text or "Forbidden" in text or "403" in text:
             raise StorageError(f"{where}: access denied (check the credentials and the bucket's policy)") from None
         raise StorageError(f"{where}: {one_line(err)}") from None
+
+
+def as_user_path(location: Location) -> Path | str:
+    """How results are handed back to a user: a ``Path`` on a local disk, the URI string in an object store."""
+    return Path(location.path) if location.local else location.uri
+
+
+def joined(base: Path | str, *names: str) -> Path | str:
+    """``names`` below ``base`` (a local ``Path`` or a URI string, as :func:`as_user_path` gives)."""
+    if isinstance(base, Path):
+        return base.joinpath(*names)
+    return "/".join([base.rstrip("/"), *names])
+
+
+@contextmanager
+def local_copy(location: Location, prefix: str) -> Iterator[Path]:
+    """A folder on the local disk: the folder itself when it is local, else a temporary download removed afterwards."""
+    if location.local:
+        yield Path(location.path)
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield location.download(Path(tmp) / location.name)
 
 
 def upload_folder(source: str | os.PathLike, target: Location) -> None:

@@ -25,12 +25,13 @@ from ray import tune
 
 from data import DEFAULT_DATASET_DIR
 from data.atomic import write_json_atomic
+from data.storage import Location, as_user_path, joined, local_staging, path_or_uri, shown
 from jobs.inputs import JobInputs, build_inputs, open_inputs
 from serving.baselines import format_test_summary, run_baselines
 from serving.bundle import BUNDLE_DIR, export_bundle
 from serving.evaluate import TEST_METRICS_FILE, VARIANT_METRICS, evaluate_members, rank_members
 from training.cluster import cluster_cpus, cluster_gpus, connect
-from training.config import TrainConfig, resolved_mode, results_folder
+from training.config import TrainConfig, resolved_mode, results_location
 from training.config_file import CONFIG_FILE, plain_setting, write_config
 from training.hyperparams import INITIAL_LR_RANGE, MUTABLES, NAMES, PopulationOptions, initial_population
 from training.ray_private import PopulationSearch, apply_tune_settings, quiet_tune_timing_notes
@@ -63,7 +64,7 @@ class ExperimentInterrupted(RuntimeError):
 class ExperimentConfig:
     """The PBT experiment's settings; each default is defined here once, with its reason."""
 
-    data: Path = DEFAULT_DATASET_DIR  # the embedded default dataset
+    data: Path | str = DEFAULT_DATASET_DIR  # the embedded default dataset; a folder or an object-store URI
     results: str | None = None  # None: results/tune-<time> under the working directory
     resume: bool = False  # continue the interrupted experiment in ``results``
     overwrite: bool = False  # allow a results folder that already has results
@@ -97,7 +98,7 @@ class ExperimentConfig:
         if "initial_lr_range" in chosen:
             chosen["initial_lr_range"] = tuple(chosen["initial_lr_range"])
         if "data" in chosen:
-            chosen["data"] = Path(chosen["data"])
+            chosen["data"] = path_or_uri(chosen["data"])
         return cls(**chosen)
 
     def __post_init__(self) -> None:
@@ -130,18 +131,18 @@ class ExperimentResult:
     """What an experiment produced: its effective settings, the shipped ensemble's test metrics and its files."""
 
     config: ExperimentConfig  # with smoke-test sizes applied, or as saved when resumed
-    results: Path
+    results: Path | str  # the folder, or its URI in an object store
     metrics: dict[str, Any]  # test_metrics.json
     record: dict[str, Any]  # pbt.json
     best_trial: str
     ensemble: list[str]  # the shipped members, best first
     errors: list[str]  # the first line of each failed member's error
-    files: dict[str, Path] = field(default_factory=dict)  # test_metrics, pbt, bundle and the report's files
+    files: dict[str, Path | str] = field(default_factory=dict)  # test_metrics, pbt, bundle and the report's files
 
     @property
-    def bundle(self) -> Path:
+    def bundle(self) -> Path | str:
         """The exported model bundle (``predict.py --model``)."""
-        return self.results / BUNDLE_DIR
+        return joined(self.results, BUNDLE_DIR)
 
 
 def tune_experiment(config: ExperimentConfig) -> ExperimentResult:
@@ -158,54 +159,65 @@ def tune_experiment(config: ExperimentConfig) -> ExperimentResult:
     connect(config.address, config.num_cpus)
     inputs = build_inputs(source)
     base, concurrent = _member_config(config)
-    results.mkdir(parents=True, exist_ok=True)
-    if not config.resume:
-        write_json_atomic(results / EXPERIMENT_FILE, config.settings())
-        write_config(results / CONFIG_FILE, config.settings())  # the experiment as a file --config takes
-    print(
-        f"PBT: {config.population} members x {config.epochs} epochs, perturbation every "
-        f"{config.perturbation_interval}, {concurrent} at a time, {config.workers_per_trial} worker(s) x "
-        f"{base.cpus_per_worker:g} CPU each; data {config.data} ({inputs.rows['train']} train patches); results "
-        f"{results}",
-        flush=True,
-    )
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            PBTMember,
-            base=base,
-            metadata=inputs.metadata,
-            stats=inputs.stats,
-            datasets=inputs.datasets,
-            storage_path=str(results / TRAIN_RUNS_DIR),
-            log_dir=str(results / MEMBER_LOGS_DIR),
-        ),
-        {"cpu": TRIAL_FUNCTION_CPUS},
-    )
-    (results / MEMBER_LOGS_DIR).mkdir(parents=True, exist_ok=True)
-    tuner = _make_tuner(config, trainable, base, concurrent, inputs.metadata.num_classes, results)
-    apply_tune_settings()
-    quiet_tune_timing_notes()
-    started = time.perf_counter()
-    grid = tuner.fit()
-    elapsed = time.perf_counter() - started
-    return _ship(config, grid, inputs, results, elapsed)
+    with local_staging(results, "tune-results-") as staging:
+        staging.mkdir(parents=True, exist_ok=True)
+        if not config.resume:
+            _keep_settings(config, results, staging)
+        print(
+            f"PBT: {config.population} members x {config.epochs} epochs, perturbation every "
+            f"{config.perturbation_interval}, {concurrent} at a time, {config.workers_per_trial} worker(s) x "
+            f"{base.cpus_per_worker:g} CPU each; data {shown(config.data)} ({inputs.rows['train']} train patches); "
+            f"results {results}",
+            flush=True,
+        )
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                PBTMember,
+                base=base,
+                metadata=inputs.metadata,
+                stats=inputs.stats,
+                datasets=inputs.datasets,
+                storage_path=results.join(TRAIN_RUNS_DIR).uri,
+                log_dir=results.join(MEMBER_LOGS_DIR).uri,
+            ),
+            {"cpu": TRIAL_FUNCTION_CPUS},
+        )
+        tuner = _make_tuner(config, trainable, base, concurrent, inputs.metadata.num_classes, results, staging)
+        apply_tune_settings()
+        quiet_tune_timing_notes()
+        started = time.perf_counter()
+        grid = tuner.fit()
+        elapsed = time.perf_counter() - started
+        return _ship(config, grid, inputs, results, staging, elapsed)
 
 
-def _experiment(config: ExperimentConfig) -> tuple[ExperimentConfig, Path]:
+def _keep_settings(config: ExperimentConfig, results: Location, staging: Path) -> None:
+    """Write the experiment's settings (``--resume`` reads them back) before any member starts.
+
+    In an object store they are uploaded at once, so that an experiment whose driver is lost can still be resumed.
+    """
+    write_json_atomic(staging / EXPERIMENT_FILE, config.settings())
+    write_config(staging / CONFIG_FILE, config.settings())  # the experiment as a file --config takes
+    if not results.local:
+        for name in (EXPERIMENT_FILE, CONFIG_FILE):
+            results.join(name).write_bytes((staging / name).read_bytes())
+
+
+def _experiment(config: ExperimentConfig) -> tuple[ExperimentConfig, Location]:
     """The effective settings (the saved ones on resume, smoke-test sizes applied) and the results folder."""
-    results = results_folder(config.results, "tune")  # before the data is read and Ray starts
+    results = results_location(config.results, "tune")  # before the data is read and Ray starts
     if config.resume:
-        saved = results / EXPERIMENT_FILE
+        saved = results.join(EXPERIMENT_FILE)
         if not saved.is_file():
             raise ValueError(f"{results}: nothing to resume (no {EXPERIMENT_FILE}); start without --resume")
         # The saved experiment, with this invocation's folder and cluster.
-        saved_config = ExperimentConfig.from_mapping(json.loads(saved.read_text()))
+        saved_config = ExperimentConfig.from_mapping(json.loads(saved.read_bytes()))
         here = {name: getattr(config, name) for name in ("results", "address", "num_cpus", *INVOCATION_ONLY)}
         config = dataclasses.replace(saved_config, **here)
     else:
         if config.smoke_test:
             config = dataclasses.replace(config, population=2, epochs=4, perturbation_interval=2, channels=16)
-        if (results / TUNE_DIR).exists() and not config.overwrite:
+        if results.join(TUNE_DIR).exists() and not config.overwrite:
             raise FileExistsError(f"{results}: already holds an experiment; pass --resume, --overwrite or --results")
     _validate(config)
     return config, results
@@ -315,11 +327,17 @@ def _member_config(config: ExperimentConfig) -> tuple[TrainConfig, int]:
 
 
 def _make_tuner(
-    config: ExperimentConfig, trainable: Any, base: TrainConfig, concurrent: int, num_classes: int, results: Path
+    config: ExperimentConfig,
+    trainable: Any,
+    base: TrainConfig,
+    concurrent: int,
+    num_classes: int,
+    results: Location,
+    staging: Path,
 ) -> tune.Tuner:
     """Tune's population: restored from ``results`` on --resume, else a new grid of members under PBT."""
     if config.resume:
-        return tune.Tuner.restore(str(results / TUNE_DIR), trainable=trainable, resume_errored=True)
+        return tune.Tuner.restore(results.join(TUNE_DIR).uri, trainable=trainable, resume_errored=True)
     options = PopulationOptions(unstable=not config.stable_start, lr_range=tuple(config.initial_lr_range), base=base)
     members = initial_population(config.population, options)
     scheduler = make_scheduler(config.perturbation_interval, config.seed, num_classes, config.metric, config.mode)
@@ -338,7 +356,7 @@ def _make_tuner(
         ),
         run_config=tune.RunConfig(
             name=TUNE_DIR,
-            storage_path=str(results),
+            storage_path=results.uri,
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=1,
                 checkpoint_at_end=True,
@@ -350,12 +368,14 @@ def _make_tuner(
             failure_config=tune.FailureConfig(max_failures=1),
             # Tune's boxed tables (a box per report) drown the story; PopulationProgress prints a line instead.
             verbose=0,
-            callbacks=[PopulationProgress(config.epochs, results / TENSORBOARD_DIR)],
+            callbacks=[PopulationProgress(config.epochs, staging / TENSORBOARD_DIR)],
         ),
     )
 
 
-def _ship(config: ExperimentConfig, grid: Any, inputs: JobInputs, results: Path, elapsed: float) -> ExperimentResult:
+def _ship(
+    config: ExperimentConfig, grid: Any, inputs: JobInputs, results: Location, staging: Path, elapsed: float
+) -> ExperimentResult:
     """Test the final population's healthy members as an ensemble, bundle it and write the records.
 
     Raises:
@@ -384,21 +404,24 @@ def _ship(config: ExperimentConfig, grid: Any, inputs: JobInputs, results: Path,
         metrics = evaluate_members(checkpoint_dirs, inputs.test)
         metrics.update(best_trial=best_trial, best_config={name: best.config[name] for name in NAMES})
         metrics.update(members=members, baselines=run_baselines(inputs.baselines), wall_seconds=elapsed)
-        write_json_atomic(results / TEST_METRICS_FILE, metrics)
+        write_json_atomic(staging / TEST_METRICS_FILE, metrics)
         summary = {key: metrics[key] for key in (*VARIANT_METRICS, "variant", "variants")}
         export_bundle(
             checkpoint_dirs,
-            results / BUNDLE_DIR,
+            staging / BUNDLE_DIR,
             members=members,
             extra={"test_metrics": summary, "trial": best_trial},
             overwrite=True,
         )
-    record = build_pbt_record(read_member_logs(results / MEMBER_LOGS_DIR), config, best_trial)
-    write_json_atomic(results / PBT_FILE, record)
-    written = write_report(record, metrics, results / REPORT_DIR)
-    remove_train_runs(results / TRAIN_RUNS_DIR)
-    files = {"test_metrics": results / TEST_METRICS_FILE, "pbt": results / PBT_FILE, "bundle": results / BUNDLE_DIR}
-    return ExperimentResult(config, results, metrics, record, best_trial, ranked, errors, {**files, **written})
+    record = build_pbt_record(read_member_logs(results.join(MEMBER_LOGS_DIR)), config, best_trial)
+    write_json_atomic(staging / PBT_FILE, record)
+    written = write_report(record, metrics, staging / REPORT_DIR)
+    remove_train_runs(results.join(TRAIN_RUNS_DIR))
+    folder = as_user_path(results)
+    files = {"test_metrics": TEST_METRICS_FILE, "pbt": PBT_FILE, "bundle": BUNDLE_DIR}
+    files.update({name: str(path.relative_to(staging)) for name, path in written.items()})
+    shipped = {name: joined(folder, *Path(relative).parts) for name, relative in files.items()}
+    return ExperimentResult(config, folder, metrics, record, best_trial, ranked, errors, shipped)
 
 
 def format_outcome(result: ExperimentResult) -> str:
@@ -418,5 +441,5 @@ def format_outcome(result: ExperimentResult) -> str:
     if result.errors:
         lines.append(f"members that failed: {len(result.errors)}: {result.errors[0]}")
     lines += [f"wrote {path}" for path in result.files.values()]
-    lines.append(f"curves by epoch: tensorboard --logdir {result.results / TENSORBOARD_DIR}")
+    lines.append(f"curves by epoch: tensorboard --logdir {joined(result.results, TENSORBOARD_DIR)}")
     return "\n".join(lines)

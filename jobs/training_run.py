@@ -20,12 +20,13 @@ from typing import Any
 
 from data import DEFAULT_DATASET_DIR
 from data.atomic import write_json_atomic
+from data.storage import Location, as_user_path, joined, local_copy, local_staging, path_or_uri, shown
 from jobs.inputs import build_inputs, open_inputs
 from serving.baselines import format_test_summary, run_baselines
 from serving.bundle import BUNDLE_DIR, export_bundle
 from serving.evaluate import TEST_METRICS_FILE, VARIANT_METRICS, evaluate_members
 from training.cluster import cluster_gpus, connect
-from training.config import TrainConfig, results_folder
+from training.config import TrainConfig, results_location
 from training.config_file import CONFIG_FILE, plain_setting, write_config
 from training.launch import TrainingOutcome, run_training, unique_run_name
 from tuning.progress import TENSORBOARD_DIR, EpochCurves, report_line
@@ -42,7 +43,7 @@ GPU_KEY = "gpu"
 class TrainJob:
     """One training run's settings: data and output, the cluster, and the training; defaults defined once here."""
 
-    data: Path = DEFAULT_DATASET_DIR  # the embedded default dataset
+    data: Path | str = DEFAULT_DATASET_DIR  # the embedded default dataset; a folder or an object-store URI
     results: str | None = None  # None: results/train-<time> under the working directory
     overwrite: bool = False  # allow a results folder that already holds test_metrics.json
     resume_from: str | None = None  # a checkpoint folder to continue from (its epoch, model and optimizer)
@@ -65,7 +66,7 @@ class TrainJob:
         training = TrainConfig(**{k: v for k, v in values.items() if k in train_names})
         job = {k: v for k, v in values.items() if k in job_names}
         if "data" in job:
-            job["data"] = Path(job["data"])
+            job["data"] = path_or_uri(job["data"])
         return cls(**job, training=training)
 
     def settings(self) -> dict[str, Any]:
@@ -81,29 +82,33 @@ class TrainResult:
     """What a run produced: its settings, the best checkpoint's test metrics, its history and its files."""
 
     job: TrainJob
-    results: Path
+    results: Path | str  # the folder, or its URI in an object store
     metrics: dict[str, Any]  # test_metrics.json
     history: list[dict[str, Any]]  # every epoch's metrics (history.json)
     best_checkpoint: str
-    files: dict[str, Path] = field(default_factory=dict)  # test_metrics, history, config, bundle
+    files: dict[str, Path | str] = field(default_factory=dict)  # test_metrics, history, config, bundle
 
     @property
-    def bundle(self) -> Path:
+    def bundle(self) -> Path | str:
         """The exported model bundle (``predict.py --model``)."""
-        return self.results / BUNDLE_DIR
+        return joined(self.results, BUNDLE_DIR)
 
 
 def train_run(job: TrainJob) -> TrainResult:
     """Train, test the best checkpoint (by ``job.training.metric``) and export it as a bundle.
 
+    With ``job.results`` an object-store URI, Ray Train keeps its checkpoints there and the files this process
+    writes are staged on the local disk and uploaded when the run ends (also when it fails).
+
     Raises:
         PatchFormatError: The dataset is invalid.
         ValueError: A setting has an impossible value.
         FileExistsError: The results folder already holds results and ``overwrite`` is not set.
+        StorageError: The object store cannot be reached or written.
         RuntimeError: Training ended without a checkpoint.
     """
     cfg = job.training
-    results = _results_folder(job)
+    results = _results_location(job)
     source = open_inputs(job.data)  # footers and ids, checked before Ray starts
     connect(job.address, job.num_cpus)
     if cfg.use_gpu and cluster_gpus() < cfg.num_workers:
@@ -111,39 +116,49 @@ def train_run(job: TrainJob) -> TrainResult:
     inputs = build_inputs(source)
     meta, rows = inputs.metadata, inputs.rows
     print(
-        f"data {job.data}: {rows['train']} train / {rows['val']} val / {rows['test']} test patches, "
+        f"data {shown(job.data)}: {rows['train']} train / {rows['val']} val / {rows['test']} test patches, "
         f"{meta.num_bands} bands, {meta.height}x{meta.width}, {meta.num_classes} classes; {cfg.num_workers} "
         f"workers; results {results}",
         flush=True,
     )
-    results.mkdir(parents=True, exist_ok=True)
-    files = {"config": write_config(results / CONFIG_FILE, job.settings())}  # the run as a file --config takes
-    outcome = _train(job, meta, inputs.stats, inputs.datasets, results)
-    files["history"] = write_json_atomic(results / HISTORY_FILE, outcome.history)
-    if outcome.best_checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint; nothing to evaluate")
-    metrics = evaluate_members([outcome.best_checkpoint], inputs.test)  # variants: single, single+tta
-    baselines = run_baselines(inputs.baselines)
-    metrics.update(checkpoint=outcome.best_checkpoint, train_config=cfg.to_dict(), baselines=baselines)
-    files["test_metrics"] = write_json_atomic(results / TEST_METRICS_FILE, metrics)
-    summary = {key: metrics[key] for key in (*VARIANT_METRICS, "variant", "variants")}
-    files["bundle"] = export_bundle(
-        outcome.best_checkpoint, results / BUNDLE_DIR, extra={"test_metrics": summary}, overwrite=True
-    )
-    return TrainResult(job, results, metrics, outcome.history, outcome.best_checkpoint, files)
+    folder = as_user_path(results)
+    with local_staging(results, "train-results-") as staging:
+        staging.mkdir(parents=True, exist_ok=True)
+        write_config(staging / CONFIG_FILE, job.settings())  # the run as a file --config takes
+        outcome = _train(job, meta, inputs.stats, inputs.datasets, staging, results.join(RAY_DIR).uri)
+        write_json_atomic(staging / HISTORY_FILE, outcome.history)
+        if outcome.best_checkpoint is None:
+            raise RuntimeError("training finished without a checkpoint; nothing to evaluate")
+        best = results.at(outcome.best_checkpoint)
+        with local_copy(best, "train-checkpoint-") as checkpoint:
+            metrics = evaluate_members([checkpoint], inputs.test)  # variants: single, single+tta
+            baselines = run_baselines(inputs.baselines)
+            metrics.update(checkpoint=best.uri, train_config=cfg.to_dict(), baselines=baselines)
+            write_json_atomic(staging / TEST_METRICS_FILE, metrics)
+            summary = {key: metrics[key] for key in (*VARIANT_METRICS, "variant", "variants")}
+            export_bundle(checkpoint, staging / BUNDLE_DIR, extra={"test_metrics": summary}, overwrite=True)
+    files = {
+        "config": joined(folder, CONFIG_FILE),
+        "history": joined(folder, HISTORY_FILE),
+        "test_metrics": joined(folder, TEST_METRICS_FILE),
+        "bundle": joined(folder, BUNDLE_DIR),
+    }
+    return TrainResult(job, folder, metrics, outcome.history, best.uri, files)
 
 
-def _results_folder(job: TrainJob) -> Path:
+def _results_location(job: TrainJob) -> Location:
     """The results folder, refused before the data is read and Ray starts if it cannot or may not be written."""
-    results = results_folder(job.results, "train")
-    if (results / TEST_METRICS_FILE).exists() and not job.overwrite:
+    results = results_location(job.results, "train")
+    if results.join(TEST_METRICS_FILE).exists() and not job.overwrite:
         raise FileExistsError(f"{results}: already holds {TEST_METRICS_FILE}; pass --overwrite or another --results")
     return results
 
 
-def _train(job: TrainJob, metadata: Any, stats: Any, datasets: dict[str, Any], results: Path) -> TrainingOutcome:
-    """The Ray Train run, printing a line and adding a TensorBoard point for every epoch."""
-    curves = EpochCurves(results / TENSORBOARD_DIR)
+def _train(
+    job: TrainJob, metadata: Any, stats: Any, datasets: dict[str, Any], staging: Path, storage: str
+) -> TrainingOutcome:
+    """The Ray Train run (checkpoints under ``storage``), a line and a TensorBoard point (in ``staging``) an epoch."""
+    curves = EpochCurves(staging / TENSORBOARD_DIR)
 
     def progress(metrics: dict[str, Any], checkpoint: str | None) -> None:
         print(report_line(metrics, job.training.epochs), flush=True)
@@ -155,7 +170,7 @@ def _train(job: TrainJob, metadata: Any, stats: Any, datasets: dict[str, Any], r
             metadata,
             stats,
             datasets,
-            results / RAY_DIR,
+            storage,
             unique_run_name("train"),
             resume_from=job.resume_from,
             max_failures=job.max_failures,
@@ -173,6 +188,6 @@ def format_outcome(result: TrainResult) -> str:
             f"best checkpoint: epoch {metrics['checkpoint_epoch']} ({result.best_checkpoint})",
             format_test_summary(metrics),
             f"wrote {result.files['test_metrics']} and the model bundle {result.bundle}",
-            f"curves by epoch: tensorboard --logdir {result.results / TENSORBOARD_DIR}",
+            f"curves by epoch: tensorboard --logdir {joined(result.results, TENSORBOARD_DIR)}",
         ]
     )

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
 from data.atomic import check_creatable
 from data.pipeline import AUGMENTATIONS, DEFAULT_AUGMENTATION
+from data.storage import Location, check_reachable, is_uri, locate
 
 # The hyperparameters population-based training mutates, named once. After a checkpoint is loaded, the worker
 # re-applies these from its own config so that an exploited trial trains with its mutated values.
@@ -145,36 +145,19 @@ def ranking_score(metrics: Mapping[str, Any], metric: str, mode: str) -> float:
     return float(value) if mode == "max" else -float(value)
 
 
-def results_folder(results: str | None, prefix: str) -> Path:
-    """The ``--results`` folder, resolved (default ``results/<prefix>-<time>``), refused before any work starts.
+def results_location(results: str | None, prefix: str) -> Location:
+    """The ``--results`` folder (default ``results/<prefix>-<time>``), refused before any work starts.
+
+    A local folder must be creatable; an object-store URI's bucket must exist and let us in.
 
     Raises:
-        ValueError: ``results`` is an object-store URI.
-        OutputLocationError: A part of the folder's path is a file, or it cannot be written.
+        OutputLocationError: A part of the local folder's path is a file, or it cannot be written.
+        StorageError: The object store's bucket does not exist or refuses access.
     """
-    reject_uri(results)
+    if is_uri(results):
+        location = locate(results, "--results")
+        check_reachable(location, "--results")
+        return location
     folder = Path(results) if results else Path("results") / time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
     check_creatable(folder.resolve(), "--results", folder=True)
-    return folder.resolve()
-
-
-def reject_uri(value: object, flag: str = "--results") -> None:
-    """Refuse an object-store URI where the scripts need a folder they can write with plain file operations.
-
-    The message shows the URI as typed; for a ``pathlib`` path, which folds ``s3://b`` to ``s3:/b``, the ``//`` is
-    put back.
-
-    Raises:
-        ValueError: ``value`` looks like ``scheme://…`` (also after ``pathlib`` folded the slashes to ``scheme:/…``).
-    """
-    found = None if value is None else _URI.match(str(value))
-    if found:
-        shown = f"{found.group(1)}://{found.group(2)}" if isinstance(value, PurePath) else str(value)
-        raise ValueError(
-            f"{flag} {shown}: object-store URIs are not supported yet; use a folder (on a multi-node cluster, one "
-            "every node mounts at the same path)"
-        )
-
-
-# A URI scheme of two or more characters (so that a Windows drive such as C:/ is a folder), then one or two slashes.
-_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/+(.*)$", re.DOTALL)
+    return locate(folder)

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from data.atomic import write_file_atomic
+from data.storage import is_uri, path_or_uri
 
 # The file an experiment or training folder keeps its settings in (written by :func:`write_config`).
 CONFIG_FILE = "config.yaml"
@@ -117,7 +118,7 @@ def _one(action: argparse.Action, where: str, value: Any, base: Path) -> Any:
     if isinstance(value, list | dict):
         raise ConfigFileError(f"{where}: expected one value, got {value!r}")
     text = str(value).lower() if isinstance(value, bool) else str(value)
-    if action.type is Path and not Path(text).is_absolute():
+    if action.type in (Path, path_or_uri) and not is_uri(text) and not Path(text).is_absolute():
         text = str((base / text).resolve())  # a relative path in a file means relative to the file
     try:
         converted = action.type(text) if action.type is not None else value

@@ -24,6 +24,7 @@ from ray import tune
 
 from data.format import PatchMetadata
 from data.pipeline import BandStats
+from data.storage import Location, locate
 from training.config import TrainConfig
 from training.hyperparams import config_values, mutation_spaces
 from training.launch import MemberRun, unique_run_name
@@ -89,7 +90,8 @@ class PBTMember(tune.Trainable):
         """Start the member's ``TorchTrainer`` with its initial values (see the class docstring for the arguments)."""
         quiet_member_logs()
         self.base = base
-        self.log_dir = Path(log_dir)
+        self.runs = locate(storage_path)  # where the member's Train runs keep their checkpoints
+        self.logs = locate(log_dir)
         self.hyper = config_values(config)
         self.pending_load: str | None = None
         self.fresh = False
@@ -122,8 +124,7 @@ class PBTMember(tune.Trainable):
         metrics["restored_epoch"] = int(self.donor.get("epoch", 0)) if self.donor else 0
         self.donor = {}
         # Tune rewrites a member's result history when it restores a donor's checkpoint; this log keeps it all.
-        with open(self.log_dir / f"{self.trial_id}{MEMBER_LOG_SUFFIX}", "a") as log_file:
-            log_file.write(json.dumps(metrics) + "\n")
+        append_report(self.logs.join(f"{self.trial_id}{MEMBER_LOG_SUFFIX}"), metrics)  # trial_id: the current one
         metrics[tune.result.DONE] = self.latest_epoch >= self.base.epochs
         return metrics
 
@@ -131,7 +132,7 @@ class PBTMember(tune.Trainable):
         """Copy the latest epoch's checkpoint (the workers wait for a command, so it is current) for Tune."""
         if self.latest is None:
             raise RuntimeError(f"{self.trial_id}: asked for a checkpoint before the first epoch")
-        shutil.copytree(self.latest, checkpoint_dir, dirs_exist_ok=True)
+        self.runs.at(self.latest).download(checkpoint_dir)
         owner = {"trial": self.trial_id, "epoch": self.latest_epoch}
         (Path(checkpoint_dir) / OWNER_FILE).write_text(json.dumps(owner))
 
@@ -162,17 +163,36 @@ class PBTMember(tune.Trainable):
         self.member.stop()
 
 
-def read_member_logs(log_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+def append_report(log: Location, report: dict[str, Any]) -> None:
+    """Add one report to a member's log (a JSON line per report, kept across exploits and resumes).
+
+    On a local disk (or a shared mount) the line is appended; an object store cannot append, so there the log is read
+    and written again whole (a few KB: one line an epoch).
+    """
+    line = json.dumps(report) + "\n"
+    if log.local:
+        Path(log.path).parent.mkdir(parents=True, exist_ok=True)
+        with open(log.path, "a") as log_file:
+            log_file.write(line)
+        return
+    before = log.read_bytes().decode() if log.exists() else ""
+    log.write_bytes((before + line).encode())
+
+
+def read_member_logs(log_dir: Location) -> dict[str, list[dict[str, Any]]]:
     """Every member's reports, in order, by trial id."""
     return {
-        path.name.removesuffix(MEMBER_LOG_SUFFIX): [json.loads(line) for line in path.read_text().splitlines() if line]
-        for path in sorted(Path(log_dir).glob(f"*{MEMBER_LOG_SUFFIX}"))
+        name.removesuffix(MEMBER_LOG_SUFFIX): [
+            json.loads(line) for line in log_dir.join(name).read_bytes().decode().splitlines() if line
+        ]
+        for name in log_dir.names()
+        if name.endswith(MEMBER_LOG_SUFFIX)
     }
 
 
-def remove_train_runs(storage_path: str | Path) -> None:
+def remove_train_runs(storage: Location) -> None:
     """Delete the members' own Train run folders (Tune keeps copies of the checkpoints it needs)."""
-    shutil.rmtree(storage_path, ignore_errors=True)
+    storage.delete()
 
 
 # Tune names each member's folder in the experiment's tune/ folder after the trainable class.

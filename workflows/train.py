@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from data.format import PatchFormatError
+from data.storage import path_or_uri
 from jobs.training_run import TrainJob, format_outcome, train_run
 from training.config import AUGMENTATIONS, OPTIMIZERS, RANKABLE_METRICS
 from training.config_file import add_config_flags, parse_args
@@ -42,9 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data and output")
-    data.add_argument("--data", type=Path, default=DEFAULTS.data, help="dataset folder (train/val/test.parquet)")
-    # A str, not a Path: pathlib would fold an object-store URI's "//" before reject_uri can show it as typed.
-    data.add_argument("--results", default=None, help="results folder (default: results/train-<time>)")
+    data.add_argument(
+        "--data",
+        type=path_or_uri,
+        default=DEFAULTS.data,
+        help="dataset folder (train/val/test.parquet), or its object-store URI (s3://bucket/prefix)",
+    )
+    data.add_argument(
+        "--results",
+        default=None,
+        help="results folder (default: results/train-<time>), or an object-store URI (s3://bucket/prefix), where "
+        "Ray Train keeps the checkpoints and the other files are uploaded at the end; S3 credentials and endpoint "
+        "from the AWS_* environment variables",
+    )
     data.add_argument("--overwrite", action="store_true", help="allow a results folder that already has results")
     data.add_argument("--resume-from", default=None, help="checkpoint folder to continue from (keeps its epoch)")
     opt = parser.add_argument_group("optimisation")

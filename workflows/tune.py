@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from data.format import PatchFormatError
+from data.storage import path_or_uri
 from jobs.experiment import ExperimentConfig, ExperimentInterrupted, format_outcome, tune_experiment
 from training.config import AUGMENTATIONS, OPTIMIZERS, RANKABLE_METRICS
 from training.config_file import add_config_flags, parse_args
@@ -37,12 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     io = parser.add_argument_group("data and output")
-    io.add_argument("--data", type=Path, default=DEFAULTS.data, help="dataset folder (train/val/test.parquet)")
+    io.add_argument(
+        "--data",
+        type=path_or_uri,
+        default=DEFAULTS.data,
+        help="dataset folder (train/val/test.parquet), or its object-store URI (s3://bucket/prefix)",
+    )
     io.add_argument(
         "--results",
         default=None,
         help="experiment folder (default results/tune-<time>); on a multi-node cluster, a folder every node mounts "
-        "at the same path (object-store URIs are not supported yet)",
+        "at the same path, or an object-store URI (s3://bucket/prefix), where Tune and Train keep checkpoints and "
+        "member logs and the other files are uploaded at the end; S3 credentials and endpoint from the AWS_* "
+        "environment variables",
     )
     io.add_argument("--resume", action="store_true", help="continue the interrupted experiment in --results")
     io.add_argument("--overwrite", action="store_true", help="allow a results folder that already has results")

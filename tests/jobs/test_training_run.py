@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.training_run import TrainJob, _results_folder
+from jobs.training_run import TrainJob, _results_location
 from training.config import TrainConfig
 from training.config_file import NOT_IN_FILES, dump_config
 from workflows.train import build_parser
@@ -34,8 +34,8 @@ def test_flat_keys_split_into_the_job_and_its_training():
 def test_a_folder_with_results_is_refused_unless_overwrite(tmp_path):
     (tmp_path / "test_metrics.json").write_text("{}")
     with pytest.raises(FileExistsError, match="already holds test_metrics.json"):
-        _results_folder(TrainJob(results=str(tmp_path)))
-    assert _results_folder(TrainJob(results=str(tmp_path), overwrite=True)) == tmp_path.resolve()
+        _results_location(TrainJob(results=str(tmp_path)))
+    assert _results_location(TrainJob(results=str(tmp_path), overwrite=True)).path == str(tmp_path.resolve())
 
 
 def test_print_config_reads_back_as_the_same_run(tmp_path):

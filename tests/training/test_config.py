@@ -1,33 +1,36 @@
-"""The training config and the entry scripts' flags: an object-store URI for --results is refused, --augment checked."""
+"""The training config and the entry scripts' flags: where --results may go, --augment checked."""
 
 from pathlib import Path
 
 import pytest
 
 from jobs.training_run import TrainJob
-from training.config import AUGMENTATIONS, TrainConfig, ranking_score, reject_uri
+from training.config import AUGMENTATIONS, TrainConfig, ranking_score, results_location
 from workflows import train, tune
 
 
-@pytest.mark.parametrize("value", ["s3://bucket/run", "gs://b/x", Path("s3://bucket/run"), "file:///tmp/x"])
-def test_uris_are_refused(value):
-    with pytest.raises(ValueError, match="URIs are not supported"):
-        reject_uri(value)
-
-
-@pytest.mark.parametrize("value", [None, "results/run", "/tmp/x", Path("C:/x"), "a:b"])
-def test_folders_pass(value):
-    reject_uri(value)
-
-
 @pytest.mark.parametrize("script", [train, tune])
-def test_scripts_exit_2_with_one_line_and_create_nothing(script, tmp_path, capsys, monkeypatch):
+def test_a_results_bucket_that_does_not_exist_is_one_line_and_nothing_is_created(
+    script, s3_server, tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
-    assert script.main(["--results", "s3://bucket/run"]) == 2
+    assert script.main(["--results", "s3://no-such-bucket/run"]) == 2
     err = capsys.readouterr().err
-    assert "--results s3://bucket/run" in err or "--results s3:/bucket/run" in err
+    assert err.startswith("error: --results s3://no-such-bucket/run: bucket 'no-such-bucket' does not exist")
     assert err.strip().count("\n") == 0
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_results_uri_in_an_existing_bucket_is_taken_as_typed(s3_server):
+    bucket = s3_server.bucket("runs")
+    location = results_location(f"{bucket}/exp", "tune")
+    assert location.uri == "s3://runs/exp" and not location.local
+
+
+def test_a_local_results_folder_is_resolved(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert results_location("out/run", "train").path == str(tmp_path / "out" / "run")
+    assert Path(results_location(None, "train").path).parent == tmp_path / "results"
 
 
 def test_augmentation_defaults_to_d4_and_survives_the_ray_boundary():

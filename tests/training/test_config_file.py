@@ -83,3 +83,10 @@ def test_a_bad_file_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "epochs" in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_an_object_store_uri_in_a_file_is_kept_as_written(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("data: s3://bucket/patches\nresults: s3://bucket/runs/one\n")
+    args = parse_args(build_parser(), ["--config", str(path)])
+    assert (args.data, args.results) == ("s3://bucket/patches", "s3://bucket/runs/one")
