@@ -3,20 +3,23 @@
 :func:`open_inputs` runs before Ray starts: for a folder of ``train``/``val``/``test`` files it reads only footers and
 patch ids (:func:`data.streaming.open_dataset_files`); a folder whose splits must be carved is read and carved in
 memory, as :func:`data.format.read_dataset` does. :func:`build_inputs` then (Ray connected) scans the training split
-in Ray Data for its band statistics and builds the training and validation datasets; only the test split (for the
-evaluation) and the baselines' features are read in this process.
+in Ray Data for its band statistics and builds the training and validation datasets; the test split (for the
+evaluation) and the baselines' features are read batch by batch in this process, never held whole.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from data.format import PatchDataset, PatchMetadata, PatchSplit, read_dataset, read_split
+from data.format import PatchDataset, PatchMetadata, PatchSplit, read_dataset
 from data.pipeline import BandStats, build_ray_datasets, compute_band_stats
+from data.storage import check_reachable, locate
 from data.streaming import DatasetFiles, open_dataset_files, split_batches, stream_ray_datasets, streamed_band_stats
 from serving.baselines import BaselineData
+from serving.evaluate import LabelledBatches
 from training.ray_private import hide_user_code_error_notes
 
 Source = DatasetFiles | PatchDataset
@@ -31,7 +34,7 @@ class JobInputs:
         rows: Patches per split.
         stats: Band statistics of the training split.
         datasets: Ray datasets ``train`` and ``val``, normalised.
-        test: The test split, read in this process for the evaluation.
+        test: The test split for the evaluation: in memory for a carved folder, else batches read in this process.
         baselines: The baselines' view of the data.
         streamed: Whether Ray Data reads the Parquet files (False: a carved folder, read in memory).
     """
@@ -40,7 +43,7 @@ class JobInputs:
     rows: dict[str, int]
     stats: BandStats
     datasets: dict[str, Any]
-    test: PatchSplit
+    test: PatchSplit | LabelledBatches
     baselines: BaselineData
     streamed: bool
 
@@ -50,7 +53,9 @@ def open_inputs(folder: str | os.PathLike) -> Source:
 
     Raises:
         PatchFormatError: The folder or a file is not a valid dataset.
+        StorageError: The folder is in an object store whose bucket does not exist or refuses access.
     """
+    check_reachable(locate(folder, "--data"), "--data")
     return open_dataset_files(folder) or read_dataset(folder)
 
 
@@ -81,6 +86,6 @@ def build_inputs(source: Source) -> JobInputs:
     hide_user_code_error_notes()  # the row's one-line error says it all
     stats, _ = streamed_band_stats(source)
     datasets = stream_ray_datasets(source, stats)
-    test, _ = read_split(source.files["test"])
-    baselines = BaselineData(source.metadata, source.num_rows("train"), lambda: split_batches(source, "train"), test)
+    test = partial(split_batches, source, "test")  # read batch by batch for the evaluation, never whole
+    baselines = BaselineData(source.metadata, source.num_rows("train"), partial(split_batches, source, "train"), test)
     return JobInputs(source.metadata, source_rows(source), stats, datasets, test, baselines, streamed=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +23,11 @@ from sklearn.preprocessing import StandardScaler
 from data.format import PatchDataset, PatchMetadata, PatchSplit
 from serving.evaluate import (
     VARIANT_METRICS,
+    LabelledBatches,
     classification_metrics,
     format_metrics_table,
     format_variants,
+    labelled_batches,
     shown_variant,
 )
 
@@ -99,13 +101,13 @@ class BaselineData:
         metadata: The dataset's metadata.
         train_rows: Patches in the training split.
         train_batches: Makes one pass of the training split's raw pixels (B, C, H, W) and labels (B,).
-        test: The test split.
+        test: The test split, in memory or as batches.
     """
 
     metadata: PatchMetadata
     train_rows: int
-    train_batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
-    test: PatchSplit
+    train_batches: LabelledBatches
+    test: PatchSplit | LabelledBatches
 
     @classmethod
     def from_dataset(cls, dataset: PatchDataset) -> BaselineData:
@@ -117,12 +119,14 @@ class BaselineData:
 def score(data: BaselineData, model: Any, features: Features) -> dict[str, Any]:
     """Fit a scikit-learn model on the training split's features and return its test metrics.
 
-    The features are computed batch by batch, so only they, never all the training pixels, are held at once.
+    The features are computed batch by batch, so only they, never all the training pixels, are held at once; the
+    test split is predicted batch by batch.
     """
     parts = [(features(pixels), labels) for pixels, labels in data.train_batches()]
     model.fit(np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]))
-    predicted = model.predict(features(data.test.pixels))
-    return classification_metrics(data.test.labels, predicted, list(data.metadata.classes))
+    scored = [(labels, model.predict(features(pixels))) for pixels, labels in labelled_batches(data.test)()]
+    truth, predicted = (np.concatenate(column) for column in zip(*scored, strict=True))
+    return classification_metrics(truth, predicted, list(data.metadata.classes))
 
 
 def run_baselines(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,8 @@ NO_TTA = np.zeros(1, dtype=np.int64)
 SINGLE, ENSEMBLE, TTA_SUFFIX = "single", "ensemble", "+tta"
 # The figures kept of each variant beside the shipped one's full metrics.
 VARIANT_METRICS = ("accuracy", "macro_f1", "kappa")
+# A labelled split as passes of batches, raw pixels (B, C, H, W) and labels (B,); each call makes a new pass.
+LabelledBatches = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 # Checkpoint keys that every member of an ensemble must share: one network shape, one input scaling, one meaning.
 SHARED_KEYS = ("model_config", "band_stats", "metadata")
 
@@ -143,13 +145,26 @@ def _shared(state: dict[str, Any], key: str) -> Any:
     return state[key]
 
 
-def _check_split(split: PatchSplit, metadata: PatchMetadata) -> None:
-    """Refuse a split without labels or of another patch shape than the checkpoints'."""
+def labelled_batches(split: PatchSplit | LabelledBatches) -> LabelledBatches:
+    """A labelled split as passes of batches: a split in memory is one batch; batches are taken as they are.
+
+    Raises:
+        ValueError: The split in memory has no labels.
+    """
+    if not isinstance(split, PatchSplit):
+        return split
     if split.labels is None:
         raise ValueError("the test split has no labels to evaluate against")
-    if split.pixels.shape[1:] != (metadata.num_bands, metadata.height, metadata.width):
+    return lambda: [(split.pixels, split.labels)]
+
+
+def _check_split(pixels: np.ndarray, labels: np.ndarray | None, metadata: PatchMetadata) -> None:
+    """Refuse a batch without labels or of another patch shape than the checkpoints'."""
+    if labels is None:
+        raise ValueError("the test split has no labels to evaluate against")
+    if pixels.shape[1:] != (metadata.num_bands, metadata.height, metadata.width):
         raise ValueError(
-            f"test pixels have shape {split.pixels.shape[1:]}, the checkpoint expects "
+            f"test pixels have shape {pixels.shape[1:]}, the checkpoint expects "
             f"{(metadata.num_bands, metadata.height, metadata.width)}"
         )
 
@@ -202,7 +217,7 @@ def evaluate_checkpoint(checkpoint_dir: str | os.PathLike, split: PatchSplit) ->
     """
     state = load_checkpoint(checkpoint_dir)
     metadata = PatchMetadata.from_json(state["metadata"])
-    _check_split(split, metadata)
+    _check_split(split.pixels, split.labels, metadata)
     stats = BandStats.from_dict(state["band_stats"])
     probabilities = predict_probabilities(model_from_state(state), split.pixels, stats)
     metrics = classification_metrics(split.labels, probabilities.argmax(axis=1), list(metadata.classes))
@@ -210,13 +225,16 @@ def evaluate_checkpoint(checkpoint_dir: str | os.PathLike, split: PatchSplit) ->
     return metrics
 
 
-def evaluate_members(checkpoint_dirs: Sequence[str | os.PathLike], split: PatchSplit) -> dict[str, Any]:
+def evaluate_members(
+    checkpoint_dirs: Sequence[str | os.PathLike], split: PatchSplit | LabelledBatches
+) -> dict[str, Any]:
     """Evaluate an ensemble's checkpoints (the best member first) on a labelled split, in this process.
 
     Every member predicts every TTA view once; the variants are averages of those probabilities: ``single`` (the
     first member, identity view), ``ensemble`` (all members, identity view; only with two or more) and
     ``ensemble+tta`` (all members, all views; ``single+tta`` with one member). The top-level metrics are those of
-    the last, the shipped default; ``variants`` holds accuracy, macro-F1 and kappa of each.
+    the last, the shipped default; ``variants`` holds accuracy, macro-F1 and kappa of each. A split given as batches
+    is read batch by batch: only the labels and each variant's predicted classes are kept.
 
     Raises:
         ValueError: A checkpoint is unreadable, the members disagree, or the split does not match them.
@@ -224,21 +242,29 @@ def evaluate_members(checkpoint_dirs: Sequence[str | os.PathLike], split: PatchS
     started = time.perf_counter()
     states = read_members(checkpoint_dirs)
     metadata = PatchMetadata.from_json(states[0]["metadata"])
-    _check_split(split, metadata)
     augment, views = tta_views(states[0].get("train_config"), metadata)
     # The identity view leads; it is computed once when the group holds it (every group here does).
     elements = views if views[0] == NO_TTA[0] else np.concatenate([NO_TTA, views])
     models = [model_from_state(state) for state in states]
     stats = BandStats.from_dict(states[0]["band_stats"])
-    probabilities = member_view_probabilities(models, split.pixels, stats, elements)  # (M, V, N, K)
-    plain, tta = probabilities[:, 0], probabilities[:, len(elements) - len(views) :]
     ensemble = len(models) > 1
-    candidates = {variant_name(False, False): plain[0]}
-    if ensemble:
-        candidates[variant_name(True, False)] = plain.mean(axis=0)
-    candidates[variant_name(ensemble, True)] = tta.mean(axis=(0, 1))
-    classes = list(metadata.classes)
-    scored = {name: classification_metrics(split.labels, p.argmax(axis=1), classes) for name, p in candidates.items()}
+    truth: list[np.ndarray] = []
+    predicted: dict[str, list[np.ndarray]] = {}
+    for pixels, labels in labelled_batches(split)():
+        _check_split(pixels, labels, metadata)
+        probabilities = member_view_probabilities(models, pixels, stats, elements)  # (M, V, B, K)
+        plain, tta = probabilities[:, 0], probabilities[:, len(elements) - len(views) :]
+        candidates = {variant_name(False, False): plain[0]}
+        if ensemble:
+            candidates[variant_name(True, False)] = plain.mean(axis=0)
+        candidates[variant_name(ensemble, True)] = tta.mean(axis=(0, 1))
+        for name, p in candidates.items():
+            predicted.setdefault(name, []).append(p.argmax(axis=1))
+        truth.append(labels)
+    if not truth:
+        raise ValueError("the test split has no patches to evaluate")
+    classes, truth_all = list(metadata.classes), np.concatenate(truth)
+    scored = {name: classification_metrics(truth_all, np.concatenate(p), classes) for name, p in predicted.items()}
     default = variant_name(ensemble, True)
     metrics = dict(scored[default])
     metrics.update(

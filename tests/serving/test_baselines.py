@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from data.synthetic import generate
-from serving.baselines import BASELINES, format_comparison, format_test_summary, run_baselines, skip_notes
+from serving.baselines import BASELINES, BaselineData, format_comparison, format_test_summary, run_baselines, skip_notes
 
 COUNTS = {"train": 70, "val": 14, "test": 70}
 
@@ -28,6 +28,17 @@ def test_baselines_are_fitted_and_scored(dataset):
     assert {key: body["accuracy"] for key, body in again.items()} == {
         key: body["accuracy"] for key, body in first.items()
     }  # fixed seeds: the same figures every run
+
+
+def test_a_test_split_read_as_batches_scores_as_the_split_in_memory(dataset):
+    test = dataset.test
+    batches = [(test.pixels[i : i + 32], test.labels[i : i + 32]) for i in range(0, len(test), 32)]
+    data = dataclasses.replace(BaselineData.from_dataset(dataset), test=lambda: batches)
+    streamed, whole = run_baselines(data), run_baselines(dataset)
+    for key in whole:
+        assert {k: v for k, v in streamed[key].items() if k != "seconds"} == {
+            k: v for k, v in whole[key].items() if k != "seconds"
+        }
 
 
 def test_a_baseline_above_its_limit_is_skipped_with_a_note(dataset):

@@ -116,3 +116,15 @@ def test_rank_members_keeps_the_healthy_best_first():
     assert rank_members(final, "val_acc", "min") == ["a", "b", "d"]
     everyone_diverged = {key: {**body, "diverged": True} for key, body in final.items()}
     assert rank_members(everyone_diverged, "val_acc", "max") == ["c"]
+
+
+def test_a_split_read_as_batches_scores_as_the_split_in_memory(members):
+    split = generate({"test": 70}, seed=5).test
+    whole = evaluate_members(members, split)
+    batches = [(split.pixels[i : i + 16], split.labels[i : i + 16]) for i in range(0, 70, 16)]  # uneven last batch
+    streamed = evaluate_members(members, lambda: batches)
+    for key in ("accuracy", "macro_f1", "kappa", "confusion_matrix", "per_class", "variants"):
+        assert streamed[key] == whole[key], key
+    assert sum(map(sum, streamed["confusion_matrix"])) == 70
+    with pytest.raises(ValueError, match="no patches to evaluate"):
+        evaluate_members(members, lambda: [])
