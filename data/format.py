@@ -427,6 +427,16 @@ def read_patch_ids(path: str | os.PathLike) -> np.ndarray:
     return _read_ids(_read_table(source, path, columns=[PATCH_ID]), path)
 
 
+def read_labels(path: str | os.PathLike, metadata: PatchMetadata) -> np.ndarray:
+    """Read and validate only the ``label`` column of a file: class indices, every name one of ``metadata``'s classes.
+
+    Raises:
+        PatchFormatError: The column is damaged or not strings, or a label is unknown (naming the row).
+    """
+    source, path = _source(path)
+    return _read_labels(_read_table(source, path, columns=[LABEL]), path, metadata)
+
+
 def check_rows(
     table: pa.Table, path: str | os.PathLike, metadata: PatchMetadata
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -607,22 +617,7 @@ def read_dataset(folder: str | os.PathLike, *, seed: int = DEFAULT_SPLIT_SEED) -
     Raises:
         PatchFormatError: The folder or any file in it is not a valid dataset.
     """
-    location, folder = _source(folder)
-    if not location.is_dir():
-        raise PatchFormatError(f"{folder}: not a dataset folder (expected train.parquet, val.parquet, test.parquet)")
-    present = {name: f"{name}{PARQUET_SUFFIX}" for name in SPLITS}
-    present = {name: child(folder, file) for name, file in present.items() if location.join(file).is_file()}
-    if not present:
-        files = [child(folder, name) for name in location.names() if name.endswith(PARQUET_SUFFIX)]
-        if len(files) != 1:
-            raise PatchFormatError(
-                f"{folder}: expected train.parquet/val.parquet/test.parquet or exactly one Parquet file, "
-                f"found {len(files)}"
-            )
-        whole, metadata = read_split(files[0])
-        return _carve(PatchDataset(metadata, {"train": whole}), seed, files[0])
-    if "train" not in present:
-        raise PatchFormatError(f"{folder}: has {', '.join(sorted(present))} but no train.parquet")
+    present = split_files(folder)
     dataset: PatchDataset | None = None
     for name, path in present.items():
         split, metadata = read_split(path)
@@ -639,6 +634,33 @@ def read_dataset(folder: str | os.PathLike, *, seed: int = DEFAULT_SPLIT_SEED) -
 def child(folder: str | os.PathLike, name: str) -> str:
     """The file ``name`` in ``folder`` (a path or a URI), as messages and readers take it."""
     return f"{shown(folder).rstrip('/')}/{name}" if is_uri(folder) else str(Path(folder) / name)
+
+
+def split_files(folder: str | os.PathLike) -> dict[str, str]:
+    """The files of a dataset folder (a path or URI) by split: those of ``train``/``val``/``test`` that are there.
+
+    A folder holding a single other Parquet file gives it as ``train``, whose ``val`` and ``test`` are carved.
+
+    Raises:
+        PatchFormatError: It is not a folder, has val or test but no train, or holds no split file and not exactly
+            one other Parquet file.
+    """
+    location, folder = _source(folder)
+    if not location.is_dir():
+        raise PatchFormatError(f"{folder}: not a dataset folder (expected train.parquet, val.parquet, test.parquet)")
+    present = {name: f"{name}{PARQUET_SUFFIX}" for name in SPLITS}
+    present = {name: child(folder, file) for name, file in present.items() if location.join(file).is_file()}
+    if not present:
+        files = [child(folder, name) for name in location.names() if name.endswith(PARQUET_SUFFIX)]
+        if len(files) != 1:
+            raise PatchFormatError(
+                f"{folder}: expected train.parquet/val.parquet/test.parquet or exactly one Parquet file, "
+                f"found {len(files)}"
+            )
+        return {"train": files[0]}
+    if "train" not in present:
+        raise PatchFormatError(f"{folder}: has {', '.join(sorted(present))} but no train.parquet")
+    return present
 
 
 def check_split_metadata(
@@ -686,16 +708,37 @@ def _carve(dataset: PatchDataset, seed: int, source: str) -> PatchDataset:
     if not missing:
         return dataset
     train = dataset.splits["train"]
+    dataset.splits.update(
+        {name: train.take(rows) for name, rows in carve_rows(train.labels, missing, seed, source).items()}
+    )
+    return dataset
+
+
+def carve_rows(labels: np.ndarray, missing: Sequence[str], seed: int, source: str) -> dict[str, np.ndarray]:
+    """Rows of the training file that stay ``train`` and that each missing split (``val``, ``test``) takes.
+
+    Stratified by class with ``seed`` (:func:`stratified_split`), in the shares of :data:`DEFAULT_SPLIT_FRACTIONS`:
+    a split that is present keeps its share in ``train``. Only the labels are needed, so a large file is carved from
+    its label column alone.
+
+    Args:
+        labels: Class index of every row of the training file.
+        missing: The splits to carve, among ``val`` and ``test``.
+        seed: Seed of the shuffle.
+        source: The training file, for messages.
+
+    Raises:
+        PatchFormatError: A carved split would be empty.
+    """
     train_share, val_share, test_share = DEFAULT_SPLIT_FRACTIONS
     shares = {"val": val_share, "test": test_share}
-    fractions = [train_share + sum(shares[n] for n in ("val", "test") if n not in missing)]
-    fractions += [shares[n] for n in missing]
+    fractions = [train_share + sum(shares[n] for n in shares if n not in missing)] + [shares[n] for n in missing]
     total = sum(fractions)
-    carved = carve(train, {name: f / total for name, f in zip(["train", *missing], fractions, strict=True)}, seed)
-    for name, part in carved.items():
+    names = ["train", *missing]
+    rows = dict(zip(names, stratified_split(labels, [f / total for f in fractions], seed), strict=True))
+    for name, part in rows.items():
         if len(part) == 0:
             raise PatchFormatError(
-                f"{source}: {len(train)} patches are too few to carve a non-empty {name} split from them"
+                f"{source}: {len(labels)} patches are too few to carve a non-empty {name} split from them"
             )
-    dataset.splits.update(carved)
-    return dataset
+    return rows

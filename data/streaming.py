@@ -1,31 +1,33 @@
 """Ray Data reads of a dataset folder's Parquet files: validation per block, exact band statistics, normalisation.
 
-The driver reads only footers and the ``patch_id`` column (:func:`open_dataset_files`); Ray Data's tasks read the
+The driver reads only footers and the ``patch_id`` column (:func:`open_dataset_files`), and the ``label`` column of a
+training file that val/test splits are carved from; Ray Data's tasks read the
 pixels. The training split is scanned once (every block checked with the format's row checks, per-band moments
 combined exactly with Chan's formulas) for its band statistics; then each split is read, checked and normalised in
 ``map_batches``, and kept in the object store only when it fits :data:`MATERIALIZE_SHARE` of it; a larger split is
 streamed from Parquet on every pass. A bad row stops the run with the message :func:`data.format.read_split` gives
 (file and row).
 
-A folder that needs splits carved from ``train`` (see :func:`data.format.read_dataset`) is not handled here: carving
-is stratified by label over the whole file, and the callers read such a folder in memory.
+A folder that needs splits carved from ``train`` is carved as :func:`data.format.read_dataset` carves it (stratified
+by class, seeded) from the label column alone; each carved split's reads keep the rows whose patch ids it holds.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.exceptions import UserCodeException
 
 from data.format import (
+    DEFAULT_SPLIT_SEED,
     LABEL,
-    PARQUET_SUFFIX,
     PATCH_ID,
     PIXELS,
     SPLITS,
@@ -33,12 +35,14 @@ from data.format import (
     PatchFormatError,
     PatchMetadata,
     PatchRowError,
+    carve_rows,
     check_ids_across_splits,
     check_rows,
     check_split_metadata,
-    child,
     read_file_info,
+    read_labels,
     read_patch_ids,
+    split_files,
 )
 from data.pipeline import DEFAULT_BLOCKS, LABEL_COLUMN, MIN_STD, PIXELS_COLUMN, BandStats, normalise
 from data.storage import locate, shown
@@ -109,46 +113,66 @@ class DatasetFiles:
 
     Attributes:
         metadata: The metadata every split agrees on.
-        files: Each split's file (a path or URI), by split name (``train``, ``val``, ``test``).
-        infos: Each split's footer, by split name.
+        files: Each split's file (a path or URI), by split name (``train``, ``val``, ``test``); carved splits share
+            the training file.
+        infos: Each split's file's footer, by split name.
+        rows: For the splits carved from the training file, the rows of that file each one takes (sorted).
+        ids: For the same splits, the patch ids of those rows (what Ray Data's blocks are filtered by).
     """
 
     metadata: PatchMetadata
     files: dict[str, str]
     infos: dict[str, PatchFileInfo]
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    ids: dict[str, pa.Array] = field(default_factory=dict)
 
     def num_rows(self, split: str) -> int:
         """Patches in a split."""
-        return self.infos[split].num_rows
+        return len(self.rows[split]) if split in self.rows else self.infos[split].num_rows
 
 
-def open_dataset_files(folder: str | os.PathLike) -> DatasetFiles | None:
-    """The footers of a folder holding ``train.parquet``, ``val.parquet`` and ``test.parquet``, checked.
+def open_dataset_files(folder: str | os.PathLike, *, seed: int = DEFAULT_SPLIT_SEED) -> DatasetFiles:
+    """A dataset folder's files, footers and patch ids, checked, and its carved splits planned (no pixels read).
 
     Checks what :func:`data.format.read_dataset` checks without reading pixels: each footer, the splits' agreement
     on the metadata, and the patch ids (none empty, none repeated within or across splits). The rows are checked by
-    the Ray Data reads.
-
-    Returns:
-        The files, or None when the folder lacks one of the three (its splits must be carved: read it in memory).
+    the Ray Data reads. A folder without ``val`` or ``test`` (or with a single unsplit file) has them carved from the
+    training file as ``read_dataset`` carves them, stratified by class with ``seed``, from its label column alone.
 
     Raises:
-        PatchFormatError: A footer is bad, the splits disagree, or an id is empty or repeated.
+        PatchFormatError: The folder is not a dataset, a footer or a label is bad, the splits disagree, an id is
+            empty or repeated, or a carved split would be empty.
     """
-    location = locate(folder)
-    if not location.is_dir() or not all(location.join(f"{name}{PARQUET_SUFFIX}").is_file() for name in SPLITS):
-        return None
-    files = {name: child(folder, f"{name}{PARQUET_SUFFIX}") for name in SPLITS}
+    files = split_files(folder)
     infos = {name: read_file_info(path) for name, path in files.items()}
     for name, info in infos.items():
         check_split_metadata(files[name], info.metadata, infos["train"].metadata, files["train"])
-    check_ids_across_splits({name: read_patch_ids(path) for name, path in files.items()}, shown(folder))
-    return DatasetFiles(metadata=infos["train"].metadata, files=files, infos=infos)
+    ids = {name: read_patch_ids(path) for name, path in files.items()}
+    check_ids_across_splits(ids, shown(folder))
+    metadata = infos["train"].metadata
+    missing = [name for name in SPLITS if name not in files]
+    if not missing:
+        return DatasetFiles(metadata=metadata, files=files, infos=infos)
+    rows = carve_rows(read_labels(files["train"], metadata), missing, seed, files["train"])
+    carved = {name: pa.array(ids["train"][part].tolist(), type=pa.string()) for name, part in rows.items()}
+    files.update({name: files["train"] for name in missing})
+    infos.update({name: infos["train"] for name in missing})
+    return DatasetFiles(metadata=metadata, files=files, infos=infos, rows=rows, ids=carved)
 
 
-def _block_moments(block: pa.Table, path: str, metadata: PatchMetadata) -> dict[str, np.ndarray]:
+def _kept(block: pa.Table, keep: pa.Array | None) -> pa.Table:
+    """The rows of a block that belong to the split (all of them unless the split is carved)."""
+    return block if keep is None else block.filter(pc.is_in(block.column(PATCH_ID), value_set=keep))
+
+
+def _block_moments(
+    block: pa.Table, path: str, metadata: PatchMetadata, keep: pa.Array | None = None
+) -> dict[str, np.ndarray]:
     """One row per block: its patch count, per-band mean and sum of squared deviations, and label counts."""
-    pixels, labels = _checked(block, path, metadata)
+    pixels, labels = _checked(_kept(block, keep), path, metadata)
+    if len(pixels) == 0:  # a block of a carved split's file holding none of its rows
+        empty = np.zeros((1, metadata.num_bands))
+        return {"values": np.array([0]), "mean": empty, "m2": empty, "labels": np.zeros((1, metadata.num_classes))}
     values = pixels.astype(np.float64).transpose(1, 0, 2, 3).reshape(metadata.num_bands, -1)  # (C, N*H*W)
     mean = values.mean(axis=1)
     m2 = ((values - mean[:, None]) ** 2).sum(axis=1)
@@ -199,7 +223,10 @@ def streamed_band_stats(files: DatasetFiles) -> tuple[BandStats, np.ndarray]:
     path = str(files.files["train"])
     ds = ray.data.read_parquet(path).select_columns([PATCH_ID, PIXELS, LABEL])
     ds = ds.map_batches(
-        _block_moments, batch_format="pyarrow", batch_size=None, fn_kwargs={"path": path, "metadata": files.metadata}
+        _block_moments,
+        batch_format="pyarrow",
+        batch_size=None,
+        fn_kwargs={"path": path, "metadata": files.metadata, "keep": files.ids.get("train")},
     )
     rows = with_file_rows(path, ds.take_all)
     counts = np.array([int(np.asarray(r["values"]).reshape(-1)[0]) for r in rows])
@@ -209,9 +236,11 @@ def streamed_band_stats(files: DatasetFiles) -> tuple[BandStats, np.ndarray]:
     return combine_moments(counts, means, m2s), labels
 
 
-def _normalised_block(block: pa.Table, path: str, metadata: PatchMetadata, stats: BandStats) -> dict[str, np.ndarray]:
-    """A block checked and normalised: ``pixels`` float32 (N, C, H, W) and ``label`` int64 class indices."""
-    pixels, labels = _checked(block, path, metadata)
+def _normalised_block(
+    block: pa.Table, path: str, metadata: PatchMetadata, stats: BandStats, keep: pa.Array | None = None
+) -> dict[str, np.ndarray]:
+    """A block's rows of the split, checked and normalised: ``pixels`` float32 (N, C, H, W), ``label`` int64."""
+    pixels, labels = _checked(_kept(block, keep), path, metadata)
     return {PIXELS_COLUMN: normalise(pixels, stats), LABEL_COLUMN: labels}
 
 
@@ -252,7 +281,7 @@ def stream_ray_datasets(
             _normalised_block,
             batch_format="pyarrow",
             batch_size=None,
-            fn_kwargs={"path": path, "metadata": files.metadata, "stats": stats},
+            fn_kwargs={"path": path, "metadata": files.metadata, "stats": stats, "keep": files.ids.get(name)},
         )
         if keep:
             ds = with_file_rows(path, ds.repartition(min(blocks, files.num_rows(name))).materialize)
@@ -270,13 +299,22 @@ def split_batches(files: DatasetFiles, split: str, rows: int = DRIVER_BATCH_ROWS
     """
     path = files.files[split]
     source = locate(path)
+    keep = None
+    if split in files.rows:  # a carved split: its rows of the training file
+        keep = np.zeros(files.infos[split].num_rows, dtype=bool)
+        keep[files.rows[split]] = True
     start = 0
-    for batch in pq.ParquetFile(source.path, filesystem=source.filesystem).iter_batches(
-        batch_size=rows, columns=[PIXELS, LABEL]
-    ):
-        try:
-            pixels, labels = check_rows(pa.Table.from_batches([batch]), path, files.metadata)
-        except PatchRowError as err:
-            raise PatchRowError(path, start + err.row, err.problem) from None
+    reader = pq.ParquetFile(source.path, filesystem=source.filesystem)
+    for batch in reader.iter_batches(batch_size=rows, columns=[PIXELS, LABEL]):
+        table = pa.Table.from_batches([batch])
+        positions = np.arange(start, start + len(batch))  # the rows of the file this batch holds
         start += len(batch)
-        yield pixels, labels
+        if keep is not None:
+            positions = positions[keep[positions]]
+            table = table.take(pa.array(positions - (start - len(batch))))
+            if len(positions) == 0:
+                continue
+        try:
+            yield check_rows(table, path, files.metadata)
+        except PatchRowError as err:
+            raise PatchRowError(path, positions[err.row], err.problem) from None

@@ -46,14 +46,66 @@ def test_moments_combine_to_the_statistics_of_all_values():
     np.testing.assert_allclose(stats.std, expected.std, rtol=1e-9)
 
 
-def test_footers_describe_the_folder_and_a_folder_to_carve_is_left_to_the_reader(dataset, tmp_path):
+def test_footers_describe_the_folder(dataset):
     files = open_dataset_files(DEFAULT_DATASET_DIR)
-    assert files.metadata == dataset.metadata
+    assert files.metadata == dataset.metadata and files.rows == {}
     assert {name: files.num_rows(name) for name in files.files} == {n: len(s) for n, s in dataset.splits.items()}
-    only_train = tmp_path / "one"
-    only_train.mkdir()
-    shutil.copy(DEFAULT_DATASET_DIR / "train.parquet", only_train)
-    assert open_dataset_files(only_train) is None
+
+
+def _one_file_folder(tmp_path, name="patches.parquet"):
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(DEFAULT_DATASET_DIR / "train.parquet", folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["patches.parquet", "train.parquet"])
+def test_splits_are_carved_as_the_reader_carves_them_from_the_labels_alone(tmp_path, name):
+    folder = _one_file_folder(tmp_path, name)
+    files = open_dataset_files(folder)
+    carved = read_dataset(folder)
+    assert set(files.files) == {"train", "val", "test"} and len(set(files.files.values())) == 1
+    for split in ("train", "val", "test"):
+        assert files.num_rows(split) == len(carved.splits[split])
+        assert files.ids[split].to_pylist() == carved.splits[split].patch_ids.tolist()
+        pixels, labels = (np.concatenate(part) for part in zip(*split_batches(files, split, rows=64), strict=True))
+        np.testing.assert_array_equal(pixels, carved.splits[split].pixels)
+        np.testing.assert_array_equal(labels, carved.splits[split].labels)
+
+
+def test_a_folder_with_train_and_test_has_only_val_carved(dataset, tmp_path):
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("train", "test"):
+        shutil.copy(DEFAULT_DATASET_DIR / f"{name}.parquet", folder)
+    files = open_dataset_files(folder)
+    assert set(files.rows) == {"train", "val"} and files.files["test"] == str(folder / "test.parquet")
+    assert files.num_rows("test") == len(dataset.test)
+    assert files.num_rows("train") + files.num_rows("val") == len(dataset.train)
+
+
+def test_too_few_patches_to_carve_is_one_line(tmp_path):
+    small = generate({"train": 7}, seed=2)
+    folder = tmp_path / "small"
+    folder.mkdir()
+    write_split(folder / "train.parquet", small.train, small.metadata)
+    with pytest.raises(PatchFormatError, match=r"train\.parquet: 7 patches are too few to carve a non-empty"):
+        open_dataset_files(folder)
+
+
+def test_carved_splits_in_ray_data_hold_their_rows_and_the_training_statistics(ray_cluster, tmp_path):
+    folder = _one_file_folder(tmp_path)
+    files = open_dataset_files(folder)
+    carved = read_dataset(folder)
+    stats, counts = streamed_band_stats(files)
+    expected = compute_band_stats(carved.train.pixels)
+    np.testing.assert_allclose(stats.mean, expected.mean, rtol=1e-10)
+    np.testing.assert_allclose(stats.std, expected.std, rtol=1e-8)
+    assert counts.sum() == len(carved.train)
+    built = stream_ray_datasets(files, stats, object_store_bytes=1.0)  # streamed: filtered on every pass
+    for name in ("train", "val"):
+        labels = sorted(r[LABEL_COLUMN] for r in built[name].take_all())
+        assert labels == sorted(carved.splits[name].labels.tolist())
 
 
 def test_an_id_in_two_splits_is_refused_from_the_ids_alone(dataset, tmp_path):
@@ -117,3 +169,14 @@ def test_split_batches_give_the_split_in_order(dataset):
     np.testing.assert_array_equal(np.concatenate([p for p, _ in parts]), dataset.train.pixels)
     np.testing.assert_array_equal(np.concatenate([y for _, y in parts]), dataset.train.labels)
     assert pq.ParquetFile(files.files["train"]).metadata.num_rows == 588
+
+
+def test_a_bad_label_in_a_file_to_carve_is_found_before_ray_starts(tmp_path):
+    folder = _one_file_folder(tmp_path)
+    path = folder / "patches.parquet"
+    table = pq.read_table(path)
+    labels = table.column("label").to_pylist()
+    labels[400] = "moon"
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels)), path)
+    with pytest.raises(PatchRowError, match=r"patches\.parquet: row 400: unknown label 'moon'"):
+        open_dataset_files(folder)
