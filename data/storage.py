@@ -18,14 +18,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from data.atomic import write_file_atomic
 from data.messages import one_line
 
 # A URI scheme of two or more characters (so that a Windows drive such as C:/ is a path), then one or two slashes.
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/+(.*)$", re.DOTALL)
+T = TypeVar("T")
 
 
 class StorageError(ValueError):
@@ -118,8 +121,6 @@ class Location:
     def write_bytes(self, body: bytes) -> None:
         """Create or replace the file with ``body`` in one step (on a local disk, by write-then-rename)."""
         if self.local:
-            from data.atomic import write_file_atomic
-
             write_file_atomic(self.path, lambda handle: handle.write(body))
             return
         _checked(self, lambda: _write_all(self, body))
@@ -155,16 +156,6 @@ class Location:
                 ),
             )
         return Path(folder)
-
-    def local_path(self) -> Path:
-        """The location as a ``Path`` (a local location only).
-
-        Raises:
-            StorageError: It is in an object store.
-        """
-        if not self.local:
-            raise StorageError(f"{self.uri}: is in an object store; this step needs a local path")
-        return Path(self.path)
 
 
 def _read_all(location: Location) -> bytes:
@@ -218,7 +209,7 @@ def _where(uri: str, flag: str | None) -> str:
     return f"{flag} {uri}" if flag else uri
 
 
-def _checked(location: Location, call: Callable, flag: str | None = None):  # noqa: ANN202 - returns call's result
+def _checked(location: Location, call: Callable[[], T], flag: str | None = None) -> T:
     """``call()``, with the store's errors turned into one-line :class:`StorageError`s naming ``location``."""
     try:
         return call()
