@@ -114,6 +114,12 @@ class Location:
         selector = pafs.FileSelector(self.path, allow_not_found=True)
         return sorted(info.base_name for info in _checked(self, lambda: self.filesystem.get_file_info(selector)))
 
+    def files(self) -> list[str]:
+        """Names of the files directly inside this folder, sorted (no sub-folders; empty when it does not exist)."""
+        selector = pafs.FileSelector(self.path, allow_not_found=True)
+        infos = _checked(self, lambda: self.filesystem.get_file_info(selector))
+        return sorted(info.base_name for info in infos if info.type == pafs.FileType.File)
+
     def read_bytes(self) -> bytes:
         """The file's contents."""
         return _checked(self, lambda: _read_all(self))
@@ -132,6 +138,19 @@ class Location:
             _checked(self, lambda: self.filesystem.delete_dir(self.path))
         elif kind == pafs.FileType.File:
             _checked(self, lambda: self.filesystem.delete_file(self.path))
+
+    def move(self, target: Location) -> None:
+        """Move this file to ``target`` on the same file system, replacing a file there.
+
+        An object store has no rename: the object is copied, then deleted. The target appears whole or not at all.
+
+        Raises:
+            StorageError: The store refused (the message names this file), or ``target`` is on another file system.
+        """
+        _same_filesystem(self, target)
+        if self.local:
+            Path(target.path).parent.mkdir(parents=True, exist_ok=True)
+        _checked(self, lambda: self.filesystem.move(self.path, target.path))
 
     def at(self, path: str) -> Location:
         """Another location on the same file system, by its path there (as Ray Train reports a checkpoint)."""
@@ -245,6 +264,33 @@ def local_copy(location: Location, prefix: str) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         yield location.download(Path(tmp) / location.name)
+
+
+def _same_filesystem(source: Location, target: Location) -> None:
+    if source.filesystem.type_name != target.filesystem.type_name:
+        raise StorageError(f"{target}: is on another file system than {source}; cannot move between them")
+
+
+def move_files(source: Location, target: Location) -> list[str]:
+    """Move every file below the folder ``source`` to the same relative name below ``target`` (one file system).
+
+    Object stores have no folder rename, so each object is moved (copied, then deleted) in turn: while this runs a
+    reader can see ``target`` part-filled, and a failure leaves the files moved so far in ``target`` and the rest in
+    ``source``. A file of the same name in ``target`` is replaced; other files there are left alone.
+
+    Returns:
+        The relative names moved (``/``-separated), sorted.
+
+    Raises:
+        StorageError: The store refused a move (the message names the file), or the two are on different file systems.
+    """
+    _same_filesystem(source, target)
+    selector = pafs.FileSelector(source.path, recursive=True, allow_not_found=True)
+    infos = _checked(source, lambda: source.filesystem.get_file_info(selector))
+    names = sorted(info.path[len(source.path.rstrip("/")) + 1 :] for info in infos if info.type == pafs.FileType.File)
+    for name in names:
+        source.join(name).move(target.join(name))
+    return names
 
 
 def upload_folder(source: str | os.PathLike, target: Location) -> None:

@@ -9,6 +9,13 @@ predictions.
 
 Output rule: an ``output`` ending in ``.parquet`` is one Parquet file; any other name is a folder of part files
 (``<write id>_<task>-<n>.parquet``, in input order by name).
+
+Input and output may be local paths or object-store URIs (``s3://bucket/prefix``: anything :mod:`data.storage`
+resolves); the model bundle is a local folder. Ray Data reads and writes the store directly, so every node of a
+cluster can. An object store has no rename: a stored output is written under ``.<name>.<random>.tmp/`` beside it and
+its objects are moved into place one by one once complete and checked (a file output is one object, which appears
+whole); a failure before that deletes the temporary prefix, and a failure while moving takes the moved parts back
+out, so nothing that looks finished is left.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +40,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 import torch
 
-from data.atomic import check_creatable, write_folder_atomic
+from data.atomic import OutputLocationError, check_creatable, write_folder_atomic
 from data.format import (
     DATASET_FILES,
     LABEL,
@@ -45,12 +54,14 @@ from data.format import (
     PIXELS,
     SPLITS,
     PatchFileInfo,
+    child,
     read_dataset,
     read_file_info,
     read_patch_ids,
     write_split,
 )
 from data.messages import brief_list
+from data.storage import Location, StorageError, check_reachable, is_uri, locate, move_files, shown
 from data.streaming import validate_block, with_file_rows
 from serving.bundle import Bundle, PredictionMode, check_compatible, load_bundle
 from serving.evaluate import PREDICT_BATCH_SIZE, confusion_metrics
@@ -89,9 +100,10 @@ class PredictConfig:
     """One prediction run; the fields are predict.py's flags.
 
     Attributes:
-        model: The model bundle folder.
-        input: A Parquet file of patches or a dataset folder.
-        output: A Parquet file (a name ending in ``.parquet``) or a folder of part files (any other name).
+        model: The model bundle folder (local).
+        input: A Parquet file of patches or a dataset folder: a local path, or an object-store URI (kept a ``str``).
+        output: A Parquet file (a name ending in ``.parquet``) or a folder of part files (any other name): a local
+            path, or an object-store URI (kept a ``str``).
         split: The split classified when ``input`` is a dataset folder.
         overwrite: Replace an existing output.
         batch_size: Patches per forward pass.
@@ -103,8 +115,8 @@ class PredictConfig:
     """
 
     model: Path
-    input: Path
-    output: Path
+    input: Path | str
+    output: Path | str
     split: str = "test"  # the held-out split: what a model is usually run on
     overwrite: bool = False  # predictions are never replaced unless asked
     batch_size: int = PREDICT_BATCH_SIZE  # the in-process evaluation's batch: same memory, same speed per call
@@ -115,8 +127,14 @@ class PredictConfig:
     num_cpus: int | None = None  # a new local cluster takes the whole machine
 
     def __post_init__(self) -> None:
-        for name in ("model", "input", "output"):
-            object.__setattr__(self, name, Path(getattr(self, name)))
+        if is_uri(self.model):
+            raise ValueError(
+                f"--model {shown(self.model)}: must be a local bundle folder; copy the bundle to this machine first"
+            )
+        object.__setattr__(self, "model", Path(self.model))
+        for name in ("input", "output"):  # a URI stays a string: a Path would fold its "//"
+            value = getattr(self, name)
+            object.__setattr__(self, name, shown(value) if is_uri(value) else Path(value))
         if self.batch_size < 1 or (self.concurrency is not None and self.concurrency < 1):
             raise ValueError("--batch-size and --concurrency must be at least 1")
         if self.split not in SPLITS:
@@ -128,7 +146,7 @@ class PredictResult:
     """What a prediction run did.
 
     Attributes:
-        output: The Parquet file or folder written.
+        output: The Parquet file or folder written (a path, or a URI as a ``str``).
         patches: Patches classified.
         seconds: Ray start-up and inference (writing and checking the output included).
         startup_seconds: Connecting to or starting Ray.
@@ -137,7 +155,7 @@ class PredictResult:
         macro_f1: Macro-F1 against the input's labels; None for unlabelled input.
     """
 
-    output: Path
+    output: Path | str
     patches: int
     seconds: float
     startup_seconds: float
@@ -151,9 +169,9 @@ def probability_column(class_name: str) -> str:
     return f"{PROBABILITY_PREFIX}{class_name}"
 
 
-def is_folder_output(path: Path) -> bool:
+def is_folder_output(path: Path | str | Location) -> bool:
     """Whether ``path`` names a folder of part files (any name not ending in ``.parquet``) rather than one file."""
-    return not path.name.endswith(PARQUET_SUFFIX)
+    return not str(path).rstrip("/").rsplit("/", 1)[-1].endswith(PARQUET_SUFFIX)
 
 
 class Predictor:
@@ -246,13 +264,18 @@ def report_progress(
             next_line = (done // step + 1) * step
 
 
-def check_output(path: Path, overwrite: bool) -> None:
+def check_output(path: Path | str, overwrite: bool) -> None:
     """Refuse an output that exists (unless ``overwrite``), is the wrong kind, or whose folder cannot be written.
 
     Raises:
         FileExistsError: The output exists and may not be replaced, or is a folder of other files.
-        OutputLocationError: A part of the output's folder is a file, or it is not writable.
+        OutputLocationError: A part of the output's folder is a file, or it is not writable (a URI: a whole bucket).
+        StorageError: The object store cannot be asked.
     """
+    if is_uri(path):
+        _check_stored_output(locate(path, "--output"), overwrite)
+        return
+    path = Path(path)
     if is_folder_output(path):
         check_creatable(path, "--output", folder=True)
         if path.is_symlink():
@@ -274,19 +297,50 @@ def check_output(path: Path, overwrite: bool) -> None:
     check_creatable(path, "--output")
 
 
-def check_not_a_source(output: Path, input_path: Path, bundle_dir: Path) -> None:
+def _check_stored_output(output: Location, overwrite: bool) -> None:
+    """:func:`check_output` for an object-store output: the same refusals, asked of the store."""
+    if "/" not in output.path.strip("/"):
+        raise OutputLocationError(f"--output {output}: is a whole bucket; name a file or folder inside it")
+    kind = output.kind()
+    if is_folder_output(output):
+        if kind == pafs.FileType.File:
+            raise OutputLocationError(f"--output {output}: is a file, not a folder; choose a folder")
+        if kind == pafs.FileType.Directory:
+            files = set(output.files())
+            foreign = [name for name in output.names() if name not in files or not PART_FILE.fullmatch(name)]
+            if foreign:
+                raise FileExistsError(
+                    f"{output}: is a folder holding {brief_list(foreign)}, not only prediction part files; choose "
+                    "another --output"
+                )
+            if not overwrite:
+                raise FileExistsError(f"{output}: already exists; pass --overwrite or choose another --output")
+        return
+    if kind == pafs.FileType.Directory:
+        raise FileExistsError(f"{output}: is a folder; --output must name a Parquet file")
+    if kind == pafs.FileType.File and not overwrite:
+        raise FileExistsError(f"{output}: already exists; pass --overwrite or choose another --output")
+
+
+def check_not_a_source(output: Path | str, input_path: Path | str, bundle_dir: Path) -> None:
     """Refuse an output that is the input, inside the input dataset folder, or inside the model bundle.
 
     Paths are compared resolved (symbolic links followed) and, where both exist, with ``os.path.samefile`` (hard
-    links), so no spelling of the path lets the predictions replace what they are computed from.
+    links), so no spelling of the path lets the predictions replace what they are computed from. URIs are compared
+    by their paths in the store (an object store has no links).
 
     Raises:
         FileExistsError: One line naming what the output would replace.
     """
-    if _inside(output, bundle_dir):
+    if not is_uri(output) and _inside(Path(output), bundle_dir):
         raise FileExistsError(
             f"--output {output}: is inside the --model bundle folder {bundle_dir}; choose another --output"
         )
+    if is_uri(output) or is_uri(input_path):
+        if is_uri(output) and is_uri(input_path):
+            _check_not_a_stored_source(locate(output, "--output"), locate(input_path, "--input"))
+        return  # one local and one stored: never the same
+    output, input_path = Path(output), Path(input_path)
     if input_path.is_dir():
         if _inside(output, input_path):
             kind = "a folder" if is_folder_output(output) else "a Parquet file"
@@ -305,6 +359,24 @@ def check_not_a_source(output: Path, input_path: Path, bundle_dir: Path) -> None
             )
 
 
+def _check_not_a_stored_source(output: Location, source: Location) -> None:
+    """:func:`check_not_a_source` for an output and an input that are both URIs."""
+    if output.filesystem.type_name != source.filesystem.type_name:
+        return
+    if source.is_dir():
+        if output.path == source.path or output.path.startswith(f"{source.path}/"):
+            kind = "a folder" if is_folder_output(output) else "a Parquet file"
+            raise FileExistsError(
+                f"--output {output}: is {kind} inside the --input dataset folder {source}, which would change the "
+                "dataset; choose another --output"
+            )
+    elif output.path == source.path:
+        raise FileExistsError(
+            f"--output {output}: is the input file {source}; predictions must not replace the patches, choose "
+            "another --output"
+        )
+
+
 def _same_file(a: Path, b: Path) -> bool:
     """Whether two paths name the same file: through symbolic links (resolved) or hard links (same inode)."""
     if a.resolve() == b.resolve():
@@ -321,39 +393,51 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.resolve() == folder or folder in path.resolve().parents
 
 
+def _in_part_order(names: Iterable[str]) -> list[str]:
+    """The part-file names among ``names``, in input order (by task, then file of the task)."""
+    matched = []
+    for name in names:
+        match = PART_FILE.fullmatch(name)
+        if match:
+            matched.append((int(match["task"]), int(match["file"]), name))
+    return [name for *_, name in sorted(matched)]
+
+
 def part_files(folder: Path) -> list[Path]:
     """The part files write_parquet left in ``folder``, in input order (by task, then file of the task)."""
-    matched = []
-    for path in folder.iterdir():
-        match = PART_FILE.fullmatch(path.name)
-        if match:
-            matched.append((int(match["task"]), int(match["file"]), path))
-    return [path for *_, path in sorted(matched)]
+    return [folder / name for name in _in_part_order(path.name for path in folder.iterdir())]
+
+
+def stored_parts(folder: Location) -> list[Location]:
+    """:func:`part_files` of a folder on any file system (a local one or an object store)."""
+    return [folder.join(name) for name in _in_part_order(folder.files())]
 
 
 @contextmanager
-def input_file(path: Path, split: str) -> Iterator[tuple[Path, str]]:
-    """The Parquet file to stream and the name messages give it: the file, or one split of a dataset folder.
+def input_file(path: Path | str, split: str) -> Iterator[tuple[str, str]]:
+    """The Parquet file to stream (a path or a URI) and the name messages give it: the file, or a dataset's split.
 
     Raises:
         PatchFormatError: A dataset folder without the split cannot be carved (see :func:`data.format.read_dataset`).
+        StorageError: The object store cannot be asked.
     """
-    if not path.is_dir():
-        yield path, str(path)
+    if not locate(path, "--input").is_dir():
+        yield str(path), str(path)
         return
-    split_file = path / f"{split}{PARQUET_SUFFIX}"
-    if split_file.is_file():
-        yield split_file, str(split_file)
+    split_file = child(path, f"{split}{PARQUET_SUFFIX}")
+    if locate(split_file, "--input").is_file():
+        yield split_file, split_file
         return
     # A folder of one unsplit file (or without this split): read_dataset carves the splits in memory, stratified by
     # class with a fixed seed, which needs every label at once and cannot stream. The carved split is written to a
-    # temporary file and streamed from there like any other.
+    # local temporary file and streamed from there like any other (so on a cluster of several nodes, only a folder
+    # that holds the split streams from every node).
     dataset = read_dataset(path)
     with tempfile.TemporaryDirectory(prefix="predict-input-") as tmp:
-        carved = Path(tmp) / split_file.name
+        carved = Path(tmp) / f"{split}{PARQUET_SUFFIX}"
         write_split(carved, dataset.splits[split], dataset.metadata)
         del dataset
-        yield carved, str(split_file)
+        yield str(carved), split_file
 
 
 @contextmanager
@@ -385,6 +469,58 @@ def staged_output(output: Path, overwrite: bool) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def staged_stored_output(output: Location, overwrite: bool) -> Iterator[Location]:
+    """:func:`staged_output` in an object store: a temporary prefix beside ``output``, its objects moved in at the end.
+
+    An object store has no rename of folders. A file output is its single part, moved (copied, then deleted: the
+    object appears whole). A folder output gets each new part moved in, and only then are the previous parts (with
+    ``overwrite``) deleted; if a move fails, the parts moved so far are deleted again, so the folder is left as it was.
+    The temporary prefix is deleted in any case.
+
+    Raises:
+        FileExistsError: Something appeared at ``output`` meanwhile.
+        RuntimeError: A file output's prefix does not hold exactly one part file.
+        StorageError: The store refused; if older parts could not be deleted after the new ones were moved in, the
+            message says so and names the folder.
+    """
+    parent = output.at(output.path.rsplit("/", 1)[0])
+    tmp = parent.join(f".{output.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        yield tmp
+        parts = stored_parts(tmp)
+        if not is_folder_output(output) and len(parts) != 1:
+            raise RuntimeError(f"Ray Data wrote {len(parts)} files for the single --output file {output}")
+        check_output(output.uri, overwrite)  # nobody wrote it meanwhile
+        if is_folder_output(output):
+            _move_parts_in(tmp, parts, output)
+        else:
+            parts[0].move(output)
+    finally:
+        with suppress(StorageError):  # the run's own error, if any, is the one to report
+            tmp.delete()
+
+
+def _move_parts_in(tmp: Location, parts: list[Location], output: Location) -> None:
+    """Move a temporary prefix's part files into the folder ``output``, then delete the parts it held before."""
+    older = stored_parts(output)  # check_output allowed nothing else there
+    try:
+        move_files(tmp, output)
+    except BaseException:
+        for part in parts:
+            with suppress(StorageError):
+                output.join(part.name).delete()
+        raise
+    try:
+        for part in older:
+            part.delete()
+    except StorageError as err:
+        raise StorageError(
+            f"--output {output}: the new predictions are in place but older part files could not be deleted ({err}); "
+            f"delete whichever of {brief_list(part.name for part in older)} remain"
+        ) from None
+
+
 def output_schema(bundle: Bundle, model: Path, where: str) -> pa.Schema:
     """Columns of the predictions and the ``predictions`` metadata naming model, input and classes."""
     classes = list(bundle.metadata.classes)
@@ -395,18 +531,19 @@ def output_schema(bundle: Bundle, model: Path, where: str) -> pa.Schema:
 
 
 def write_predictions(
-    source: Path,
+    source: str,
     info: PatchFileInfo,
-    staging: Path,
+    staging: Location,
     schema: pa.Schema,
     config: PredictConfig,
     concurrency: int,
     mode: PredictionMode,
     counter: Any = None,
 ) -> None:
-    """Stream ``source`` through validation and the actor pool into part files in ``staging`` (Ray connected).
+    """Stream ``source`` (a path or URI) through validation and the actor pool into part files in ``staging``.
 
-    ``counter`` (a :class:`PatchCounter`) is told of every classified block.
+    Ray must be connected; it reads and writes the file systems directly. ``counter`` (a :class:`PatchCounter`) is
+    told of every classified block.
 
     Raises:
         PatchFormatError: A row of the input is bad; the message names the file and row as ``read_split`` does.
@@ -420,12 +557,13 @@ def write_predictions(
     context.raise_original_map_exception = True
     hide_user_code_error_notes()  # the one-line error below says it all
     columns = [PATCH_ID, PIXELS] + ([LABEL] if info.labelled else [])  # labels are read to be validated
-    ds = ray.data.read_parquet(str(source), num_cpus=IO_TASK_CPUS).select_columns(columns)
+    read = locate(source, "--input")
+    ds = ray.data.read_parquet(read.path, filesystem=read.filesystem, num_cpus=IO_TASK_CPUS).select_columns(columns)
     ds = ds.map_batches(
         validate_block,
         batch_format="pyarrow",
         batch_size=None,  # whole blocks: the checks are vectorised
-        fn_kwargs={"path": str(source), "metadata": info.metadata},  # the validated metadata, pickled as it is
+        fn_kwargs={"path": source, "metadata": info.metadata},  # the validated metadata, pickled as it is
         num_cpus=IO_TASK_CPUS,
     )
     ds = ds.map_batches(
@@ -450,7 +588,9 @@ def write_predictions(
     with_file_rows(
         source,
         lambda: ds.write_parquet(
-            str(staging),
+            staging.path,
+            filesystem=staging.filesystem,
+            try_create_dir=staging.local,  # a store needs no folder; its empty marker objects would outlive the run
             schema=schema,
             compression="zstd",
             min_rows_per_file=per_file,
@@ -481,10 +621,15 @@ def _class_index(column: pa.Array, classes: list[str]) -> np.ndarray:
     return pc.index_in(column.cast(pa.string()), value_set=pa.array(classes)).to_numpy(zero_copy_only=False)
 
 
-def check_predictions(source: Path, info: PatchFileInfo, parts: list[Path], classes: list[str]) -> np.ndarray | None:
+def _parquet(location: Location) -> pq.ParquetFile:
+    return pq.ParquetFile(location.path, filesystem=location.filesystem)
+
+
+def check_predictions(source: str, info: PatchFileInfo, parts: list[Location], classes: list[str]) -> np.ndarray | None:
     """Check the part files hold every input row once, in order; count the confusion matrix when labelled.
 
-    Reads ids and labels batch by batch, so memory does not grow with the data.
+    Reads ids and labels batch by batch through the file system layer (``source`` a path or URI), so memory does not
+    grow with the data.
 
     Returns:
         The confusion matrix (rows: true class, columns: predicted), or None for unlabelled input.
@@ -492,13 +637,13 @@ def check_predictions(source: Path, info: PatchFileInfo, parts: list[Path], clas
     Raises:
         RuntimeError: Rows are missing, extra or out of order.
     """
-    written = sum(pq.ParquetFile(part).metadata.num_rows for part in parts)
+    written = sum(_parquet(part).metadata.num_rows for part in parts)
     truth = [PATCH_ID] + ([LABEL] if info.labelled else [])
-    left = pq.ParquetFile(source).iter_batches(batch_size=CHECK_ROWS, columns=truth)
+    left = _parquet(locate(source)).iter_batches(batch_size=CHECK_ROWS, columns=truth)
     right = (
         batch
         for part in parts
-        for batch in pq.ParquetFile(part).iter_batches(batch_size=CHECK_ROWS, columns=[PATCH_ID, PREDICTED_LABEL])
+        for batch in _parquet(part).iter_batches(batch_size=CHECK_ROWS, columns=[PATCH_ID, PREDICTED_LABEL])
     )
     confusion = np.zeros((len(classes), len(classes)), dtype=np.int64) if info.labelled else None
     checked = 0
@@ -528,8 +673,12 @@ def predict_run(config: PredictConfig, progress: Callable[[str], None] | None = 
         FileExistsError: The output exists and ``overwrite`` is false, or it would replace an input.
         OSError: The output cannot be written.
         ValueError: The output's folder cannot be written.
+        StorageError: An input or output URI's bucket does not exist, or the store refuses access (one line naming
+            the flag and the URI; checked before Ray starts).
     """
     say = progress or log.info
+    for flag, value in (("--input", config.input), ("--output", config.output)):
+        check_reachable(locate(value, flag), flag)
     check_not_a_source(config.output, config.input, config.model)  # first: it names what the output would replace
     check_output(config.output, config.overwrite)
     bundle = load_bundle(config.model)
@@ -562,7 +711,7 @@ def predict_run(config: PredictConfig, progress: Callable[[str], None] | None = 
 
 
 def _classify(
-    config: PredictConfig, bundle: Bundle, source: Path, where: str, info: PatchFileInfo, say: Callable[[str], None]
+    config: PredictConfig, bundle: Bundle, source: str, where: str, info: PatchFileInfo, say: Callable[[str], None]
 ) -> np.ndarray | None:
     """Write and check the predictions on the connected cluster; the confusion matrix when the input is labelled."""
     started = time.perf_counter()
@@ -583,10 +732,10 @@ def _classify(
     )
     progress.start()
     try:
-        with staged_output(config.output, config.overwrite) as staging:
+        with _staging(config.output, config.overwrite) as staging:
             schema = output_schema(bundle, config.model, where)
             write_predictions(source, info, staging, schema, config, concurrency, mode, counter)
-            confusion = check_predictions(source, info, part_files(staging), list(bundle.metadata.classes))
+            confusion = check_predictions(source, info, stored_parts(staging), list(bundle.metadata.classes))
             rate = info.num_rows / max(time.perf_counter() - started, 1e-9)
             say(f"predicted {info.num_rows}/{info.num_rows} patches ({rate:.0f}/s)")
     finally:
@@ -594,6 +743,17 @@ def _classify(
         progress.join()
         ray.kill(counter)
     return confusion
+
+
+@contextmanager
+def _staging(output: Path | str, overwrite: bool) -> Iterator[Location]:
+    """Where Ray Data writes: :func:`staged_output` on a local disk, else :func:`staged_stored_output`."""
+    if is_uri(output):
+        with staged_stored_output(locate(output, "--output"), overwrite) as tmp:
+            yield tmp
+        return
+    with staged_output(Path(output), overwrite) as tmp:
+        yield locate(tmp)
 
 
 def config_defaults() -> dict[str, object]:

@@ -2,11 +2,13 @@
 
 Example:
     python workflows/predict.py --model results/bundle --input data/default --split test --output preds.parquet
+    python workflows/predict.py --model results/bundle --input s3://bucket/patches.parquet --output s3://bucket/preds
 
 The output has one row per patch, in input order: ``patch_id``, ``predicted_label`` and one ``prob_<class>``
 column per class of the model; an ``--output`` ending in ``.parquet`` is one file, any other name a folder of part
-files. When the input has labels, accuracy and macro-F1 are printed too. The work is
-:func:`serving.predict.predict_run`.
+files. ``--input`` and ``--output`` may be object-store URIs (credentials and endpoint from the standard ``AWS_*``
+environment variables); ``--model`` is a local folder. When the input has labels, accuracy and macro-F1 are printed
+too. The work is :func:`serving.predict.predict_run`.
 """
 
 from __future__ import annotations
@@ -31,20 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Classify patches with an exported model bundle using Ray Data (one model load per actor). "
         "Writes patch_id, predicted_label and prob_<class> columns; prints accuracy and macro-F1 when the input "
-        "has labels.",
+        "has labels. --input and --output take a local path or an object-store URI (s3://bucket/prefix, or any "
+        "URI pyarrow.fs resolves); for S3 the credentials and endpoint come from the standard AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION and AWS_ENDPOINT_URL (an S3-compatible server) environment "
+        "variables, which Ray's workers inherit.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", type=Path, required=True, help="model bundle folder (bundle.json, weights*.pt)")
-    parser.add_argument("--input", type=Path, required=True, help="a Parquet file of patches or a dataset folder")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="model bundle folder (bundle.json, weights*.pt) on this machine: a local path, not a URI",
+    )
+    parser.add_argument(
+        "--input", required=True, help="a Parquet file of patches or a dataset folder: a local path or a URI"
+    )
     parser.add_argument(
         "--split", choices=SPLITS, default=DEFAULTS["split"], help="split to classify when --input is a folder"
     )
     parser.add_argument(
         "--output",
-        type=Path,
         required=True,
-        help="a name ending in .parquet: one Parquet file; any other name: a folder of part files (for large "
-        "inputs), in input order by file name. Written under a temporary name beside it and renamed when complete",
+        help="a local path or a URI. A name ending in .parquet: one Parquet file; any other name: a folder of part "
+        "files (for large inputs), in input order by file name. Written under a temporary name beside it and moved "
+        "into place when complete",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file or folder")
     parser.add_argument(

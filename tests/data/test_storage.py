@@ -8,7 +8,17 @@ import pytest
 
 from data import DEFAULT_DATASET_DIR
 from data.format import PatchFormatError, PatchRowError, read_dataset, read_split, to_table
-from data.storage import Location, StorageError, _checked, check_reachable, is_uri, local_staging, locate, shown
+from data.storage import (
+    Location,
+    StorageError,
+    _checked,
+    check_reachable,
+    is_uri,
+    local_staging,
+    locate,
+    move_files,
+    shown,
+)
 from data.streaming import open_dataset_files, split_batches, stream_ray_datasets, streamed_band_stats
 from data.synthetic import generate
 
@@ -116,3 +126,26 @@ def test_ray_data_reads_checks_and_normalises_a_dataset_in_s3(bucket, ray_cluste
     assert counts.sum() == 588
     datasets = stream_ray_datasets(files, stats, splits=("val",))
     assert datasets["val"].count() == 350
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_move_files_moves_every_file_below_a_prefix_and_replaces_same_names(bucket, tmp_path, where):
+    root = locate(f"{bucket}/move" if where == "s3" else tmp_path / "move")
+    source, target = root.join("from"), root.join("to")
+    for name, body in [("a.parquet", b"A"), ("deep/b.parquet", b"B")]:
+        source.join(name).write_bytes(body)
+    target.join("a.parquet").write_bytes(b"old")
+    target.join("kept.txt").write_bytes(b"K")
+    assert move_files(source, target) == ["a.parquet", "deep/b.parquet"]
+    assert target.join("a.parquet").read_bytes() == b"A" and target.join("deep/b.parquet").read_bytes() == b"B"
+    assert target.join("kept.txt").read_bytes() == b"K"
+    assert target.files() == ["a.parquet", "kept.txt"] and target.names() == ["a.parquet", "deep", "kept.txt"]
+    assert not source.is_file() and source.files() == []
+    assert move_files(root.join("nothing"), target) == []  # a missing source moves nothing
+
+
+def test_move_between_file_systems_is_refused(bucket, tmp_path):
+    local = locate(tmp_path / "a.parquet")
+    local.write_bytes(b"A")
+    with pytest.raises(StorageError, match="another file system"):
+        local.move(locate(f"{bucket}/a.parquet"))
