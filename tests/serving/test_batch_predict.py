@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray.data
-from test_bundle import make_checkpoint
+from builders import make_checkpoint
 
 from data.format import PIXELS, PatchFormatError, read_split, to_table
 from data.synthetic import generate

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_bundle import COUNTS, make_checkpoint
+from builders import COUNTS, make_checkpoint
 
 from data.pipeline import BandStats, augmentation_elements, d4_transform
 from data.synthetic import generate

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray.data
-from test_bundle import make_checkpoint
+from builders import make_checkpoint
 
 from data.format import PatchRowError, read_split, to_table, write_dataset, write_split
 from data.storage import Location, locate

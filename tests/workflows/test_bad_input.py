@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
-from test_bundle import make_checkpoint
+from builders import make_checkpoint
 
 from data.format import METADATA_KEY, PatchFormatError, PatchMetadata, read_split, write_dataset, write_split
 from data.importer import NpzImportError, dataset_from_arrays

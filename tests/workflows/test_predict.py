@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_bundle import make_checkpoint
+from builders import make_checkpoint
 
 from data.format import PatchSplit, to_table, write_dataset, write_split
 from data.pipeline import BandStats, augmentation_elements

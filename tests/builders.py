@@ -1,0 +1,59 @@
+"""Builders the test modules share: a checkpoint as the training loop writes it, from a tiny generated dataset.
+
+A plain module beside ``conftest.py`` (pytest puts this folder on ``sys.path``), so that tests in any package import
+it, alone or together, in any order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from data.pipeline import compute_band_stats, normalise
+from data.synthetic import generate
+from resnet import ResNet, ResNetConfig
+from training.checkpoint import save_checkpoint
+
+COUNTS = {"train": 70, "val": 14, "test": 28}
+CHANNELS = 16  # small and quick; the format does not depend on the width
+
+
+def make_checkpoint(
+    directory: Path, seed: int = 0, *, model_seed: int | None = None, augment: str | None = None
+) -> Path:
+    """A checkpoint as the training loop writes it, from a model that took a few steps (so BatchNorm has stats).
+
+    Args:
+        directory: Where to write it.
+        seed: Seed of the data (and, unless ``model_seed`` is given, of the model).
+        model_seed: Seed of the model alone: checkpoints that differ only in it are members of one ensemble.
+        augment: The training config's augmentation group; None leaves the key out, as older checkpoints did.
+    """
+    dataset = generate(COUNTS, seed=seed)
+    stats = compute_band_stats(dataset.train.pixels)
+    torch.manual_seed(seed if model_seed is None else model_seed)
+    config = ResNetConfig.from_metadata(dataset.metadata, channels=CHANNELS)
+    model = ResNet(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.from_numpy(normalise(dataset.train.pixels, stats))
+    y = torch.from_numpy(dataset.train.labels)
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    directory.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(
+        directory,
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": 3,
+            "band_stats": stats.to_dict(),
+            "model_config": config.to_dict(),
+            "train_config": {"lr": 1e-3, "seed": seed, **({} if augment is None else {"augment": augment})},
+            "metadata": dataset.metadata.to_json(),
+            "metrics": {"val_acc": 0.5},
+        },
+    )
+    return directory
