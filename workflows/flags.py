@@ -1,4 +1,4 @@
-"""Argparse types of the entry scripts' numeric flags: each refuses a bad value in one line saying what it expects.
+"""Argparse types of the entry scripts' flags: each refuses a bad value in one line saying what it expects.
 
 argparse prints ``argument --lr: expected a finite number > 0, got 'inf'`` and exits with status 2, before any
 data is read or Ray starts.
@@ -10,6 +10,8 @@ import argparse
 import math
 from collections.abc import Callable
 from typing import TypeVar
+
+from data.storage import path_or_uri
 
 Number = TypeVar("Number", int, float)
 
@@ -54,3 +56,13 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """A whole number >= 0 (restarts after a failure)."""
     return _number(text, int, lambda v: v >= 0, "a whole number >= 0")
+
+
+def add_data_flag(group: argparse._ArgumentGroup, default: object) -> None:
+    """``--data``, shared by train.py and tune.py: a dataset folder or its object-store URI (kept as typed)."""
+    group.add_argument(
+        "--data",
+        type=path_or_uri,
+        default=default,
+        help="dataset folder (train/val/test.parquet), or its object-store URI (s3://bucket/prefix)",
+    )

@@ -15,11 +15,11 @@ import logging
 import sys
 
 from data.format import PatchFormatError
-from data.storage import path_or_uri
 from jobs.training_run import TrainJob, format_outcome, train_run
 from training.config import AUGMENTATIONS, OPTIMIZERS, RANKABLE_METRICS
 from training.config_file import add_config_flags, parse_args
 from workflows.flags import (
+    add_data_flag,
     grad_clip,
     non_negative_float,
     non_negative_int,
@@ -42,12 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data and output")
-    data.add_argument(
-        "--data",
-        type=path_or_uri,
-        default=DEFAULTS.data,
-        help="dataset folder (train/val/test.parquet), or its object-store URI (s3://bucket/prefix)",
-    )
+    add_data_flag(data, DEFAULTS.data)
     data.add_argument(
         "--results",
         default=None,

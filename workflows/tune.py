@@ -17,11 +17,10 @@ import logging
 import sys
 
 from data.format import PatchFormatError
-from data.storage import path_or_uri
 from jobs.experiment import ExperimentConfig, ExperimentInterrupted, format_outcome, tune_experiment
 from training.config import AUGMENTATIONS, OPTIMIZERS, RANKABLE_METRICS
 from training.config_file import add_config_flags, parse_args
-from workflows.flags import non_negative_float, positive_float, positive_int, unit_fraction
+from workflows.flags import add_data_flag, non_negative_float, positive_float, positive_int, unit_fraction
 
 DEFAULTS = ExperimentConfig()
 
@@ -37,12 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     io = parser.add_argument_group("data and output")
-    io.add_argument(
-        "--data",
-        type=path_or_uri,
-        default=DEFAULTS.data,
-        help="dataset folder (train/val/test.parquet), or its object-store URI (s3://bucket/prefix)",
-    )
+    add_data_flag(io, DEFAULTS.data)
     io.add_argument(
         "--results",
         default=None,
