@@ -20,7 +20,9 @@ checkout under GNU ``/usr/bin/time -v`` on its own local Ray cluster (``--addres
 Driver peak RSS is the peak resident memory of the script's own process (``VmHWM`` of the driver, polled), the
 process whose memory must not grow with the data. ``/usr/bin/time``'s "Maximum resident set size" is printed
 beside it: it is the largest of the driver and every descendant the driver waited for, which includes Ray's raylet
-and its workers (a training worker holds its shard), so it can exceed the driver's own figure.
+and its workers (a training worker holds its shard), so it can exceed the driver's own figure. The memory target is
+judged on train.py and predict.py on the dataset folder; the in-memory reference run reads every pixel in the driver
+by design, and its peak is printed beside, not counted.
 
 Example:
     python benchmarks/scale.py                         # 50,000, 200,000 and 1,000,000 patches (20-30 minutes)
@@ -353,10 +355,18 @@ def _verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
 
+def target_peak(row: SizeResult) -> float:
+    """The driver peak the memory target is about: train.py's and predict.py's on the dataset folder.
+
+    The in-memory reference run is left out: that path reads every pixel in the driver by design (a folder whose
+    splits must be carved), and it runs only at the sizes where it is compared; its figure is printed beside.
+    """
+    return max(row.train.driver_bytes, row.predict.driver_bytes)
+
+
 def verdicts(row: SizeResult) -> list[str]:
     """The targets that apply at this size, each met or missed."""
-    drivers = [m.driver_bytes for m in (row.train, row.in_memory, row.predict) if m is not None]
-    out = [f"RSS {_verdict(max(drivers) <= RSS_TARGET_BYTES)}"]
+    out = [f"RSS {_verdict(target_peak(row) <= RSS_TARGET_BYTES)}"]
     if row.size == TRAIN_TARGET_SIZE:
         out.append(f"train {_verdict(row.s_per_epoch / row.in_memory_s_per_epoch <= TRAIN_TARGET_RATIO)}")
     if row.size == PREDICT_TARGET_SIZE:
@@ -416,10 +426,11 @@ def format_time_rss(rows: Sequence[SizeResult]) -> str:
 def format_targets(rows: Sequence[SizeResult]) -> str:
     """One line per target: what was measured and whether it was met, or that its size was not run."""
     by_size = {row.size: row for row in rows}
-    peak = max(rows, key=lambda r: max(m.driver_bytes for m in (r.train, r.in_memory, r.predict) if m is not None))
-    peak_bytes = max(m.driver_bytes for m in (peak.train, peak.in_memory, peak.predict) if m is not None)
+    peak = max(rows, key=target_peak)
+    peak_bytes = target_peak(peak)
     lines = [
-        f"target driver peak RSS <= {RSS_TARGET_BYTES / 1e9:.1f} GB at every size run: largest "
+        f"target driver peak RSS <= {RSS_TARGET_BYTES / 1e9:.1f} GB at every size run (train.py and predict.py on "
+        f"the dataset folder; the in-memory reference run is not counted): largest "
         f"{_gb(peak_bytes)} GB (at {peak.size:,}): {_verdict(peak_bytes <= RSS_TARGET_BYTES)}"
         + ("" if PREDICT_TARGET_SIZE in by_size else f" (sizes run: {', '.join(f'{s:,}' for s in by_size)})")
     ]
