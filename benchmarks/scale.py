@@ -39,6 +39,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -137,6 +138,7 @@ class SizeResult:
     predict_inference: float = math.nan
     plain_inference: float = math.nan
     plain_with_reading: float = math.nan
+    failure: str | None = None  # the step that failed and its error's last line; later steps were not run
 
     @property
     def s_per_epoch(self) -> float:
@@ -147,6 +149,11 @@ class SizeResult:
     def in_memory_s_per_epoch(self) -> float:
         """In-memory path: median epoch seconds without epoch 1 (NaN when not run)."""
         return median_after_warmup(self.in_memory_epochs) if self.in_memory_epochs else math.nan
+
+    @property
+    def predict_seconds(self) -> float:
+        """predict.py's wall time (NaN when it did not finish)."""
+        return self.predict.seconds if self.predict else math.nan
 
     def rate(self, seconds: float) -> float:
         """Patches per second of a prediction over the training split."""
@@ -284,9 +291,36 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def measure_size(size: int, held_out: int, work: Path, epochs: int, tta: bool, keep: bool) -> SizeResult:
-    """Write one dataset and measure train.py (both paths where they apply) and predict.py on it."""
+def measure_size(
+    size: int, held_out: int, work: Path, epochs: int, tta: bool, keep: bool, predict_file: bool
+) -> SizeResult:
+    """Write one dataset and measure train.py (both paths where they apply) and predict.py on it.
+
+    A subprocess that fails ends this size's measurements: the result records the failure, the figures before it,
+    and the next size still runs.
+    """
     result = SizeResult(size, held_out)
+    predictions = work / (f"predictions-{size}" + (PARQUET_SUFFIX if predict_file else ""))
+    results = work / f"train-{size}"
+    try:
+        _measure(result, work, epochs, tta, results, predictions)
+    except RuntimeError as err:
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        result.failure = lines[0] + (f" ... {lines[-1].strip()}" if len(lines) > 1 else "")
+        say(f"[{size:,}] FAILED: {result.failure}")
+    finally:
+        if not keep:  # the next size needs the disk
+            for path in (work / f"data-{size}", results, predictions):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+    return result
+
+
+def _measure(result: SizeResult, work: Path, epochs: int, tta: bool, results: Path, predictions: Path) -> None:
+    """The steps of :func:`measure_size`, filling ``result`` as they go."""
+    size, held_out = result.size, result.held_out
     folder, logs = work / f"data-{size}", work / "logs"
     logs.mkdir(exist_ok=True)
     check_disk(work, size + 2 * held_out)
@@ -298,7 +332,6 @@ def measure_size(size: int, held_out: int, work: Path, epochs: int, tta: bool, k
         f"{time.perf_counter() - started:.0f} s; load average {load_average()}"
     )
 
-    results = work / f"train-{size}"
     result.train = run_measured(train_command(folder, results, epochs, in_memory=False), logs, f"train-{size}")
     result.epochs = epoch_seconds(results)
     say(
@@ -326,17 +359,13 @@ def measure_size(size: int, held_out: int, work: Path, epochs: int, tta: bool, k
         f"{result.plain_with_reading:.1f} s; load average {load_average()}"
     )
     extra = ["--split", "train", "--tta" if tta else "--no-tta"]
-    command = predict_command(folder, bundle, work / f"predictions-{size}", *extra)
+    command = predict_command(folder, bundle, predictions, *extra)
     result.predict = run_measured(command, logs, f"predict-{size}")
     _, result.predict_inference = predict_summary(result.predict.stdout)
     say(
         f"[{size:,}] predict.py: wall {result.predict.seconds:.1f} s, Ray Data part {result.predict_inference:.1f} "
         f"s, driver peak {_gb(result.predict.driver_bytes)} GB; load average {load_average()}"
     )
-    if not keep:  # the next size needs the disk
-        for path in (folder, results, work / f"predictions-{size}"):
-            shutil.rmtree(path, ignore_errors=True)
-    return result
 
 
 def _seconds(values: Sequence[float]) -> str:
@@ -344,11 +373,19 @@ def _seconds(values: Sequence[float]) -> str:
 
 
 def _gb(value: float) -> str:
-    return f"{value / 1e9:.2f}"
+    return f"{value / 1e9:.2f}" if math.isfinite(value) else "-"
+
+
+def _peak(measured: Measured | None) -> float:
+    return measured.driver_bytes if measured is not None else math.nan
 
 
 def _ratio(value: float) -> str:
     return f"{value:.2f}x" if math.isfinite(value) else "-"
+
+
+def _figure(value: float, digits: int = 0) -> str:
+    return f"{value:.{digits}f}" if math.isfinite(value) else "-"
 
 
 def _verdict(met: bool) -> str:
@@ -361,18 +398,21 @@ def target_peak(row: SizeResult) -> float:
     The in-memory reference run is left out: that path reads every pixel in the driver by design (a folder whose
     splits must be carved), and it runs only at the sizes where it is compared; its figure is printed beside.
     """
-    return max(row.train.driver_bytes, row.predict.driver_bytes)
+    return max((m.driver_bytes for m in (row.train, row.predict) if m is not None), default=math.nan)
 
 
 def verdicts(row: SizeResult) -> list[str]:
     """The targets that apply at this size, each met or missed."""
-    out = [f"RSS {_verdict(target_peak(row) <= RSS_TARGET_BYTES)}"]
-    if row.size == TRAIN_TARGET_SIZE:
-        out.append(f"train {_verdict(row.s_per_epoch / row.in_memory_s_per_epoch <= TRAIN_TARGET_RATIO)}")
-    if row.size == PREDICT_TARGET_SIZE:
+    out = [f"RSS {_verdict(target_peak(row) <= RSS_TARGET_BYTES)}"] if math.isfinite(target_peak(row)) else []
+    train_ratio = row.s_per_epoch / row.in_memory_s_per_epoch
+    if row.size == TRAIN_TARGET_SIZE and math.isfinite(train_ratio):
+        out.append(f"train {_verdict(train_ratio <= TRAIN_TARGET_RATIO)}")
+    if row.size == PREDICT_TARGET_SIZE and row.predict is not None:
         ray_met = row.plain_inference / row.predict_inference >= PREDICT_RAY_TARGET
         e2e_met = row.plain_inference / row.predict.seconds >= PREDICT_E2E_TARGET
         out.append(f"predict Ray Data {_verdict(ray_met)}, end to end {_verdict(e2e_met)}")
+    if row.failure is not None:
+        out.append(f"FAILED: {row.failure.split(' (')[0]}")
     return out
 
 
@@ -397,15 +437,15 @@ def format_results(rows: Sequence[SizeResult]) -> str:
         cells.append(
             [
                 f"{row.size:,}",
-                _gb(row.train.driver_bytes),
-                f"{row.s_per_epoch:.2f}",
-                f"{row.in_memory_s_per_epoch:.2f}" if row.in_memory else "-",
-                _ratio(row.s_per_epoch / row.in_memory_s_per_epoch) if row.in_memory else "-",
-                _gb(row.predict.driver_bytes),
-                f"{row.rate(row.predict.seconds):.0f}",
-                f"{row.rate(row.predict_inference):.0f}",
-                f"{row.rate(row.plain_inference):.0f}",
-                _ratio(row.plain_inference / row.predict.seconds),
+                _gb(_peak(row.train)),
+                _figure(row.s_per_epoch, 2),
+                _figure(row.in_memory_s_per_epoch, 2),
+                _ratio(row.s_per_epoch / row.in_memory_s_per_epoch),
+                _gb(_peak(row.predict)),
+                _figure(row.rate(row.predict_seconds)),
+                _figure(row.rate(row.predict_inference)),
+                _figure(row.rate(row.plain_inference)),
+                _ratio(row.plain_inference / row.predict_seconds),
                 _ratio(row.plain_inference / row.predict_inference),
                 "; ".join(verdicts(row)),
             ]
@@ -426,7 +466,10 @@ def format_time_rss(rows: Sequence[SizeResult]) -> str:
 def format_targets(rows: Sequence[SizeResult]) -> str:
     """One line per target: what was measured and whether it was met, or that its size was not run."""
     by_size = {row.size: row for row in rows}
-    peak = max(rows, key=target_peak)
+    measured = [row for row in rows if math.isfinite(target_peak(row))]
+    if not measured:
+        return "no driver peak was measured"
+    peak = max(measured, key=target_peak)
     peak_bytes = target_peak(peak)
     lines = [
         f"target driver peak RSS <= {RSS_TARGET_BYTES / 1e9:.1f} GB at every size run (train.py and predict.py on "
@@ -435,8 +478,10 @@ def format_targets(rows: Sequence[SizeResult]) -> str:
         + ("" if PREDICT_TARGET_SIZE in by_size else f" (sizes run: {', '.join(f'{s:,}' for s in by_size)})")
     ]
     row = by_size.get(TRAIN_TARGET_SIZE)
-    if row is None:
-        lines.append(f"target train.py s/epoch <= {TRAIN_TARGET_RATIO}x in-memory at {TRAIN_TARGET_SIZE:,}: not run")
+    if row is None or not math.isfinite(row.s_per_epoch / row.in_memory_s_per_epoch):
+        lines.append(
+            f"target train.py s/epoch <= {TRAIN_TARGET_RATIO}x in-memory at {TRAIN_TARGET_SIZE:,}: not measured"
+        )
     else:
         ratio = row.s_per_epoch / row.in_memory_s_per_epoch
         lines.append(
@@ -445,8 +490,8 @@ def format_targets(rows: Sequence[SizeResult]) -> str:
             f"{_verdict(ratio <= TRAIN_TARGET_RATIO)}"
         )
     row = by_size.get(PREDICT_TARGET_SIZE)
-    if row is None:
-        lines.append(f"target predict.py vs plain PyTorch at {PREDICT_TARGET_SIZE:,}: not run")
+    if row is None or row.predict is None:
+        lines.append(f"target predict.py vs plain PyTorch at {PREDICT_TARGET_SIZE:,}: not measured")
     else:
         ray_ratio = row.plain_inference / row.predict_inference
         e2e_ratio = row.plain_inference / row.predict.seconds
@@ -488,6 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs", type=int, default=DEFAULT_EPOCHS, help="train.py epochs (s/epoch: median without the first)"
     )
     parser.add_argument("--tta", action="store_true", help="predict over the bundle's 8 D4 views (both sides)")
+    parser.add_argument(
+        "--predict-file",
+        action="store_true",
+        help="predict.py writes one .parquet file (default: a folder of part files, its mode for large inputs)",
+    )
     parser.add_argument("--work-dir", type=Path, help="where the temporary folder goes (default: the system's)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (datasets, runs, logs)")
     return parser
@@ -501,16 +551,21 @@ def main(argv: list[str] | None = None) -> int:
     if min(sizes) < 1 or held_out < 1 or args.epochs < 1:
         raise SystemExit("error: --sizes, --held-out and --epochs must be positive")
     check_time_tool()
+    # Stopped with SIGTERM (a timeout, kill), still remove the temporary folder in main's finally.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     start_load = load_average()
     say(
         f"sizes {', '.join(f'{s:,}' for s in sizes)} training patches, {held_out:,} validation and {held_out:,} test "
         f"each; train.py --num-workers 1 --epochs {args.epochs}; predict.py --split train "
-        f"{'--tta' if args.tta else '--no-tta'}; load average at start {start_load}"
+        f"{'--tta' if args.tta else '--no-tta'} into {'one file' if args.predict_file else 'a folder'}; "
+        f"load average at start {start_load}"
     )
     work = Path(tempfile.mkdtemp(prefix="scale-bench-", dir=args.work_dir))
     say(f"work folder {work}")
     try:
-        rows = [measure_size(size, held_out, work, args.epochs, args.tta, args.keep) for size in sizes]
+        rows = [
+            measure_size(size, held_out, work, args.epochs, args.tta, args.keep, args.predict_file) for size in sizes
+        ]
     finally:
         if args.keep:
             say(f"kept {work}")
@@ -533,7 +588,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_results(rows))
     print(format_time_rss(rows))
     print(format_targets(rows))
-    return 0
+    failed = [row for row in rows if row.failure is not None]
+    for row in failed:
+        print(f"FAILED at {row.size:,}: {row.failure}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
