@@ -88,6 +88,8 @@ PLAIN_REPEATS = 2
 DISK_MARGIN = 1.25
 # How often the driver's peak resident memory is read while a subprocess runs.
 POLL_S = 0.2
+# How long a stopped run's driver gets to shut its Ray cluster down before it is killed.
+STOP_WAIT_S = 60
 
 # The issue's targets.
 RSS_TARGET_BYTES = 1.5e9  # driver peak RSS at every size (GB = 10^9 bytes)
@@ -255,11 +257,15 @@ def run_measured(command: Sequence[str], logs: Path, name: str) -> Measured:
             [str(TIME), "-v", "-o", str(report), *command], cwd=ROOT, env=checkout_env(), stdout=stdout, stderr=stderr
         )
         driver, peak = None, 0.0
-        while process.poll() is None:
-            driver = driver or next(iter(_children(process.pid)), None)
-            if driver is not None:
-                peak = max(peak, _peak_rss_bytes(driver))
-            time.sleep(POLL_S)
+        try:
+            while process.poll() is None:
+                driver = driver or next(iter(_children(process.pid)), None)
+                if driver is not None:
+                    peak = max(peak, _peak_rss_bytes(driver))
+                time.sleep(POLL_S)
+        except BaseException:
+            _stop(process, driver)
+            raise
     seconds = time.perf_counter() - started
     if process.returncode != 0:
         raise RuntimeError(f"{name} failed (exit {process.returncode}; logs in {logs}):\n{err.read_text()[-3000:]}")
@@ -267,6 +273,19 @@ def run_measured(command: Sequence[str], logs: Path, name: str) -> Measured:
     if found is None:
         raise RuntimeError(f"{report}: no 'Maximum resident set size' line from {TIME} -v")
     return Measured(out.read_text(), seconds, peak, float(found.group(1)) * KIB)
+
+
+def _stop(process: subprocess.Popen, driver: int | None) -> None:
+    """Interrupt a measured run (this script was stopped): the driver gets SIGINT, so that it stops its Ray cluster."""
+    if driver is not None:
+        try:
+            os.kill(driver, signal.SIGINT)
+            process.wait(timeout=STOP_WAIT_S)
+            return
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    process.kill()
+    process.wait()
 
 
 def train_command(data: Path, results: Path, epochs: int, in_memory: bool) -> list[str]:
