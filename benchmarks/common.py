@@ -1,33 +1,46 @@
-"""Plain-PyTorch training and evaluation over in-memory numpy arrays, shared by the benchmark scripts (no Ray).
+"""Plain-PyTorch training, evaluation and batch prediction, and predict.py as a subprocess, shared by the benchmarks.
 
 The fixed ResNet is trained here the way a Ray Train worker trains it, minus Ray: band statistics from the training
 split, normalised pixels, a random D4 element per patch (:class:`data.pipeline.D4Collate`), the optimizer from
 :func:`training.loop.build_optimizer` and the health-guarded step of :func:`training.loop.train_epoch` (skip
 non-finite steps, clip to ``grad_clip``). The original model of the seed story goes through an unguarded loop, as
-its user ran it.
+its user ran it. Plain batched prediction (:func:`plain_predict`) is what ``workflows/predict.py`` is compared with;
+:func:`predict_command` and :func:`predict_summary` run that script and read its figures.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
+import re
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from data.format import PatchDataset, PatchSplit, stratified_split
+from data.format import PIXELS, PatchDataset, PatchSplit, check_rows, read_file_info, stratified_split
 from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats, D4Collate, compute_band_stats, normalise
+from serving.bundle import load_bundle
 from serving.evaluate import classification_metrics
 from training.config import TrainConfig
 from training.loop import EVAL_BATCH_SIZE, build_model, build_optimizer, train_epoch
 
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[1]
+PREDICT_SCRIPT = ROOT / "workflows" / "predict.py"
+# predict.py's summary line: "... (Ray start-up 3.2 s, inference 12.5 s, ...".
+PREDICT_SUMMARY = re.compile(r"Ray start-up ([\d.]+) s, inference ([\d.]+) s")
 
 
 class AccuracyTracker(nn.Module):
@@ -308,3 +321,101 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], left: Se
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def median_after_warmup(seconds: Sequence[float]) -> float:
+    """Median of the epoch times without the first (warm-up) epoch; the only one when there is just one."""
+    return statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
+
+
+def plain_predict(
+    data_file: Path,
+    bundle_dir: Path,
+    repeats: int = 1,
+    chunk_rows: int | None = None,
+    tta: bool | None = None,
+) -> tuple[float, float]:
+    """Seconds of plain in-process inference over a Parquet file of patches, without and with reading it.
+
+    The bundle's own batched forward (normalise, then batches of ``serving.evaluate.PREDICT_BATCH_SIZE``) on the
+    torch threads this process has, no Ray. The file is read and checked (:func:`data.format.check_rows`, as
+    predict.py checks its blocks) ``chunk_rows`` rows at a time, so memory stays bounded at any size; each chunk's
+    inference counts its best of ``repeats`` runs (on a shared machine other processes only ever slow a run down).
+
+    Args:
+        data_file: The Parquet file.
+        bundle_dir: The model bundle.
+        repeats: Inference runs per chunk.
+        chunk_rows: Rows read at a time (None: the whole file at once).
+        tta: Average over the bundle's test-time augmentation views (None: the bundle's mode).
+
+    Returns:
+        Inference seconds, and inference plus reading and checking seconds.
+    """
+    bundle = load_bundle(bundle_dir)
+    info = read_file_info(data_file, require_labels=False)
+    rows = chunk_rows or info.num_rows
+    inference = reading = 0.0
+    started = time.perf_counter()
+    for batch in pq.ParquetFile(data_file).iter_batches(batch_size=rows, columns=[PIXELS]):
+        pixels, _ = check_rows(pa.Table.from_batches([batch]), data_file, info.metadata)  # (B, C, H, W)
+        reading += time.perf_counter() - started
+        best = math.inf
+        for _ in range(repeats):
+            started = time.perf_counter()
+            bundle.predict_probabilities(pixels, tta=tta)
+            best = min(best, time.perf_counter() - started)
+        inference += best
+        started = time.perf_counter()
+    return inference, inference + reading
+
+
+def predict_command(data_file: Path, bundle_dir: Path, output: Path, *extra: str) -> list[str]:
+    """The command line of ``workflows/predict.py`` on its own private local Ray cluster (``--address local``)."""
+    args = ["--model", bundle_dir, "--input", data_file, "--output", output, "--address", "local", *extra]
+    return [sys.executable, str(PREDICT_SCRIPT), *map(str, args)]
+
+
+def predict_summary(stdout: str) -> tuple[float, float]:
+    """Ray start-up and inference seconds from predict.py's summary line.
+
+    Raises:
+        RuntimeError: The output has no summary line.
+    """
+    found = PREDICT_SUMMARY.search(stdout)
+    if found is None:
+        raise RuntimeError(f"predict.py printed no summary line:\n{stdout[-2000:]}")
+    return float(found.group(1)), float(found.group(2))
+
+
+def run_predict(data_file: Path, bundle_dir: Path, output: Path, *extra: str) -> tuple[float, float, float]:
+    """predict.py as a subprocess with its own local Ray: (whole run, Ray start-up, inference) seconds.
+
+    The subprocess imports this checkout's packages (its root first on ``PYTHONPATH``).
+
+    Raises:
+        RuntimeError: predict.py failed or printed no summary.
+    """
+    started = time.perf_counter()
+    result = subprocess.run(
+        predict_command(data_file, bundle_dir, output, *extra),
+        cwd=ROOT,
+        env=checkout_env(),
+        capture_output=True,
+        text=True,
+    )
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"predict.py failed:\n{result.stderr[-3000:]}")
+    return (elapsed, *predict_summary(result.stdout))
+
+
+def checkout_env() -> dict[str, str]:
+    """This process's environment with the checkout's root first on ``PYTHONPATH``.
+
+    A subprocess (and the Ray workers it starts) then runs this checkout's code, not another copy of the project
+    installed in the environment.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    return env

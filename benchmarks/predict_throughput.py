@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,20 +16,20 @@ from pathlib import Path
 
 import torch
 
-from data.format import read_split, write_split
-from data.pipeline import compute_band_stats
-from data.synthetic import generate
-from resnet import ResNet, ResNetConfig
-from serving.bundle import export_bundle, load_bundle
-from training.checkpoint import save_checkpoint
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "workflows" / "predict.py"
+from benchmarks.common import plain_predict, run_predict  # noqa: E402
+from data.format import write_split  # noqa: E402
+from data.pipeline import compute_band_stats  # noqa: E402
+from data.synthetic import generate  # noqa: E402
+from resnet import ResNet, ResNetConfig  # noqa: E402
+from serving.bundle import export_bundle  # noqa: E402
+from training.checkpoint import save_checkpoint  # noqa: E402
+
 FULL_PATCHES = 50_000
 QUICK_PATCHES = 5_000
 SEED = 0
-# predict.py's summary line: "... (Ray start-up 3.2 s, inference 12.5 s, ...".
-SUMMARY = re.compile(r"Ray start-up ([\d.]+) s, inference ([\d.]+) s")
 
 
 def make_inputs(folder: Path, patches: int) -> tuple[Path, Path]:
@@ -60,37 +58,6 @@ def make_inputs(folder: Path, patches: int) -> tuple[Path, Path]:
     return data_file, export_bundle(checkpoint, folder / "bundle")
 
 
-def plain(data_file: Path, bundle_dir: Path, repeats: int) -> tuple[float, float]:
-    """Seconds for in-process inference (normalise and forward, batches of 1024), without and with reading.
-
-    The best of ``repeats`` runs: on a shared machine other processes only ever make a run slower.
-    """
-    started = time.perf_counter()
-    split, _ = read_split(data_file)
-    bundle = load_bundle(bundle_dir)
-    reading = time.perf_counter() - started
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        bundle.predict_probabilities(split.pixels)
-        best = min(best, time.perf_counter() - started)
-    return best, best + reading
-
-
-def ray_script(data_file: Path, bundle_dir: Path, output: Path) -> tuple[float, float, float]:
-    """predict.py as a subprocess with its own local Ray: (whole run, Ray start-up, inference) seconds."""
-    started = time.perf_counter()
-    args = ["--model", bundle_dir, "--input", data_file, "--output", output, "--address", "local"]
-    result = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=ROOT, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise RuntimeError(f"predict.py failed:\n{result.stderr[-3000:]}")
-    found = SUMMARY.search(result.stdout)
-    if found is None:
-        raise RuntimeError(f"predict.py printed no summary line:\n{result.stdout[-2000:]}")
-    return elapsed, float(found.group(1)), float(found.group(2))
-
-
 def main() -> None:
     """Build the inputs, time both ways, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -105,8 +72,9 @@ def main() -> None:
         started = time.perf_counter()
         data_file, bundle_dir = make_inputs(folder, patches)
         print(f"{patches} patches and a bundle written in {time.perf_counter() - started:.1f} s")
-        plain_seconds, plain_with_read = plain(data_file, bundle_dir, args.repeats)
-        whole, startup, inference = ray_script(data_file, bundle_dir, folder / "predictions.parquet")
+        # The whole file in memory, each run of the inference the best of --repeats.
+        plain_seconds, plain_with_read = plain_predict(data_file, bundle_dir, args.repeats)
+        whole, startup, inference = run_predict(data_file, bundle_dir, folder / "predictions.parquet")
     print(f"torch threads in-process: {torch.get_num_threads()}; CPUs: {os.cpu_count()}; load average at start: {load}")
     rows = [
         ("plain PyTorch, inference only", plain_seconds),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,9 +33,13 @@ import ray
 import torch
 from torch import nn
 
-from data import DEFAULT_DATASET_DIR
-from data.format import PatchDataset, read_dataset
-from data.pipeline import (
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import median_after_warmup  # noqa: E402
+from data import DEFAULT_DATASET_DIR  # noqa: E402
+from data.format import PatchDataset, read_dataset  # noqa: E402
+from data.pipeline import (  # noqa: E402
     LABEL_COLUMN,
     PIXELS_COLUMN,
     BandStats,
@@ -43,12 +48,12 @@ from data.pipeline import (
     compute_band_stats,
     normalise,
 )
-from data.synthetic import generate
-from serving.evaluate import evaluate_checkpoint
-from training.cluster import connect
-from training.config import TrainConfig
-from training.launch import run_training, unique_run_name
-from training.loop import EVAL_BATCH_SIZE, build_model, build_optimizer, epoch_metrics, evaluate_shard, train_epoch
+from data.synthetic import generate  # noqa: E402
+from serving.evaluate import evaluate_checkpoint  # noqa: E402
+from training.cluster import connect  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.launch import run_training, unique_run_name  # noqa: E402
+from training.loop import EVAL_BATCH_SIZE, build_model, build_optimizer, epoch_metrics, evaluate_shard, train_epoch  # noqa: E402
 
 CPUS = 2  # the cluster this script starts, and the plain loop's torch threads
 LARGE_COUNTS = {"train": 50_000, "val": 2_000, "test": 700}
@@ -70,11 +75,6 @@ class Timing:
     per_epoch: float
     wall: float
     epochs: list[float]
-
-
-def median_after_warmup(seconds: list[float]) -> float:
-    """Median of the epoch times without the first (warm-up) epoch; the only one when there is just one."""
-    return statistics.median(seconds[1:] if len(seconds) > 1 else seconds)
 
 
 def _batches(pixels: np.ndarray, labels: np.ndarray, batch_size: int, order: np.ndarray, collate: Any) -> Any:
