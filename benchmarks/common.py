@@ -419,3 +419,21 @@ def checkout_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def in_memory_inputs(dataset: PatchDataset) -> Any:
+    """The jobs' inputs built the way they were before Ray Data read the Parquet (the baseline of the scale benchmark).
+
+    Every split's pixels in this process, statistics from them, Ray datasets from the arrays
+    (:func:`data.pipeline.build_ray_datasets`), the test split and the baselines in memory.
+    """
+    from data.pipeline import build_ray_datasets
+    from jobs.inputs import JobInputs
+    from serving.baselines import BaselineData
+    from serving.evaluate import labelled_batches
+
+    stats = compute_band_stats(dataset.train.pixels)
+    rows = {name: len(split) for name, split in dataset.splits.items()}
+    datasets = build_ray_datasets(dataset, stats)
+    test = labelled_batches(dataset.test)
+    return JobInputs(dataset.metadata, rows, stats, datasets, test, BaselineData.from_dataset(dataset))

@@ -8,9 +8,10 @@ checkout under GNU ``/usr/bin/time -v`` on its own local Ray cluster (``--addres
 * ``workflows/train.py --num-workers 1 --epochs E`` on the dataset folder (train/val/test files: the Ray Data
   streaming path). s/epoch is the median of history.json's ``epoch_seconds`` without epoch 1 (all of it when
   ``E`` is 1). At sizes up to 50,000 it also trains, in the same run, on the *in-memory path*: the same folder
-  read whole by ``data.format.read_dataset`` and fed through ``data.pipeline.build_ray_datasets``, as a folder
-  whose splits must be carved is read (the subprocess replaces ``jobs.training_run.open_inputs`` with
-  ``read_dataset``; nothing else differs, so both train on the same rows).
+  read whole by ``data.format.read_dataset`` and fed through ``data.pipeline.build_ray_datasets``, as every folder
+  was read before Ray Data read the Parquet (the subprocess replaces ``jobs.training_run.open_inputs`` with
+  ``read_dataset`` and its ``build_inputs`` with ``benchmarks.common.in_memory_inputs``; nothing else differs, so
+  both train on the same rows).
 * ``workflows/predict.py --split train`` with the bundle that run exported (1M patches are predicted at 1M),
   against plain batched PyTorch in this process (the bundle's own forward on the same file, read in chunks, each
   chunk's best of two runs). Both
@@ -100,10 +101,12 @@ PREDICT_TARGET_SIZE = 1_000_000  # at this size: predict.py's patches/s against 
 PREDICT_RAY_TARGET = 0.8  # its Ray Data part (inference, Ray start-up excluded)
 PREDICT_E2E_TARGET = 0.6  # end to end (the subprocess's wall time)
 
-# Train.py through the in-memory path: the job's reader replaced by the whole-dataset reader, nothing else changed.
+# Train.py through the in-memory path: the job's reader replaced by the whole-dataset reader and its inputs built from
+# the arrays (benchmarks.common.in_memory_inputs), nothing else changed.
 IN_MEMORY_TRAIN = (
     "import sys; import jobs.training_run as run; from data.format import read_dataset; "
-    "run.open_inputs = read_dataset; from workflows.train import main; sys.exit(main(sys.argv[1:]))"
+    "from benchmarks.common import in_memory_inputs; run.open_inputs = read_dataset; "
+    "run.build_inputs = in_memory_inputs; from workflows.train import main; sys.exit(main(sys.argv[1:]))"
 )
 MAX_RSS = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
 KIB = 1024
