@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for bad input, with one line on stderr)."""
+    """Entry point; returns the exit code (2 for bad input, 1 for a run that failed, with one line on stderr)."""
     args = build_parser().parse_args(argv)
     try:
         config = PredictConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PredictConfig)})
@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleError, PatchFormatError, OSError, ValueError) as err:
         print(f"error: {one_line(err, limit=None)}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # the run failed its own check of the output: nothing was put in place
+        print(f"error: {one_line(err, limit=None)}; no output was written", file=sys.stderr)
+        return 1
     if result.accuracy is not None:
         print(f"accuracy {result.accuracy:.4f}   macro-F1 {result.macro_f1:.4f}")
     print(

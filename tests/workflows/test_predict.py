@@ -214,3 +214,16 @@ def test_a_bad_row_exits_2_with_one_line_and_no_output(files, tmp_path, capsys, 
     code, _, err = run_main(capsys, "--model", files["bundle"], "--input", bad, "--output", tmp_path / "out")
     assert_error(code, err, f"{bad}: row 57: unknown label 'nope'")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet"]
+
+
+def test_a_run_that_fails_its_own_check_is_one_line_and_exit_code_1(tmp_path, capsys, monkeypatch):
+    from workflows import predict as script
+
+    def fail(config, progress=None):
+        raise RuntimeError("Ray Data wrote 9 rows for 9 patches, or out of order")
+
+    monkeypatch.setattr(script, "predict_run", fail)
+    argv = ["--model", str(tmp_path / "b"), "--input", str(tmp_path / "x.parquet"), "--output", str(tmp_path / "p")]
+    assert script.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == "error: Ray Data wrote 9 rows for 9 patches, or out of order; no output was written\n"
