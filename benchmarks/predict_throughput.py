@@ -85,7 +85,8 @@ def main() -> None:
     for name, seconds in rows:
         print(f"{name:<52}{seconds:>8.1f} s{patches / seconds:>10.0f} patches/s")
     print(f"Ray start-up inside predict.py: {startup:.1f} s")
-    print(f"ratio predict.py end to end / plain inference: {plain_seconds / whole:.2f}x (target >= 0.6x at 1M patches, benchmarks/scale.py)")
+    ratio = plain_seconds / whole
+    print(f"ratio predict.py end to end / plain inference: {ratio:.2f}x (target >= 0.6x at 1M patches: scale.py)")
     print(f"ratio predict.py Ray Data part / plain inference: {plain_seconds / inference:.2f}x")
 
 
