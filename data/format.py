@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from data.atomic import check_replaceable, write_file_atomic, write_folder_atomic
@@ -350,10 +351,11 @@ def _named(path: str | os.PathLike) -> str:
 
 
 def _read_schema(source: Location, path: str) -> pa.Schema:
-    if not source.is_file():
+    info = source.info()  # one request, also in an object store
+    if info.type != pafs.FileType.File:
         raise PatchFormatError(f"{path}: no such file")
     try:
-        if source.size() == 0:
+        if not info.size:
             raise PatchFormatError(f"{path}: file is empty (0 bytes), not a Parquet file")
         return pq.read_schema(source.path, filesystem=source.filesystem)
     except (pa.ArrowException, OSError, ValueError) as err:

@@ -85,13 +85,17 @@ class Location:
         tail = "/".join(names)
         return Location(self.filesystem, f"{self.path.rstrip('/')}/{tail}", f"{self.uri.rstrip('/')}/{tail}")
 
-    def kind(self) -> pafs.FileType:
-        """``FileType.File``, ``Directory`` or ``NotFound``.
+    def info(self) -> pafs.FileInfo:
+        """What the file system says of it: its type (``File``, ``Directory``, ``NotFound``) and size, in one request.
 
         Raises:
             StorageError: The store cannot be asked (no such bucket, access refused, unreachable).
         """
-        return _checked(self, lambda: self.filesystem.get_file_info(self.path)).type
+        return _checked(self, lambda: self.filesystem.get_file_info(self.path))
+
+    def kind(self) -> pafs.FileType:
+        """``FileType.File``, ``Directory`` or ``NotFound`` (see :meth:`info`)."""
+        return self.info().type
 
     def is_file(self) -> bool:
         """Whether a file is there."""
@@ -104,10 +108,6 @@ class Location:
     def exists(self) -> bool:
         """Whether anything is there."""
         return self.kind() != pafs.FileType.NotFound
-
-    def size(self) -> int:
-        """The file's size in bytes."""
-        return int(_checked(self, lambda: self.filesystem.get_file_info(self.path)).size or 0)
 
     def names(self) -> list[str]:
         """Names of the entries directly inside this folder, sorted (empty when it does not exist)."""
