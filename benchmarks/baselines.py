@@ -3,7 +3,7 @@
 Baselines (scikit-learn, fitted on train, scored on test):
   majority class; logistic regression (standardised) on per-band patch means and on all pixels; k-nearest
   neighbours on standardised pixels with k chosen on the validation split from 1, 3, 5, 11, 21; a random forest
-  (500 trees, fixed seed, as the main job fits it: ``serving.baselines``) on all pixels.
+  (500 trees, fixed seed, as the main job fits it: ``workflows.serving.baselines``) on all pixels.
 The ResNet is trained in this process (no Ray) with ``TrainConfig()`` defaults: normalised pixels, D4
 augmentation, AdamW with the config's lr, weight decay, label smoothing and gradient clipping; the epoch with the
 best validation accuracy is evaluated on test. It runs once per seed (``--seeds 3``: seeds 0, 1, 2) and is
@@ -36,7 +36,7 @@ if __package__ in (None, ""):
 from benchmarks.common import NormalisedData, format_table, mean_sd, train_resnet  # noqa: E402
 from data import DEFAULT_DATASET_DIR  # noqa: E402
 from data.format import PatchDataset, read_dataset  # noqa: E402
-from serving.baselines import (  # noqa: E402
+from workflows.serving.baselines import (  # noqa: E402
     FOREST_SEED,
     FOREST_TREES,
     BaselineData,
@@ -47,8 +47,8 @@ from serving.baselines import (  # noqa: E402
     random_forest,
     score,
 )
-from serving.evaluate import TEST_METRICS_FILE, shown_variant  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
+from workflows.serving.evaluate import TEST_METRICS_FILE, shown_variant  # noqa: E402
+from workflows.training.config import TrainConfig  # noqa: E402
 
 KNN_CHOICES = (1, 3, 5, 11, 21)
 SEEDS = 3

@@ -2,7 +2,8 @@
 
 The fixed ResNet is trained here the way a Ray Train worker trains it, minus Ray: band statistics from the training
 split, normalised pixels, a random D4 element per patch (:class:`data.pipeline.D4Collate`), the optimizer from
-:func:`training.loop.build_optimizer` and the health-guarded step of :func:`training.loop.train_epoch` (skip
+:func:`workflows.training.loop.build_optimizer` and the health-guarded step of
+:func:`workflows.training.loop.train_epoch` (skip
 non-finite steps, clip to ``grad_clip``). The original model of the seed story goes through an unguarded loop, as
 its user ran it. Plain batched prediction (:func:`plain_predict`) is what ``workflows/predict.py`` is compared with;
 :func:`predict_command` and :func:`predict_summary` run that script and read its figures.
@@ -31,10 +32,10 @@ from torch import nn
 
 from data.format import PIXELS, PatchDataset, PatchSplit, check_rows, read_file_info, stratified_split
 from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats, D4Collate, compute_band_stats, normalise
-from serving.bundle import load_bundle
-from serving.evaluate import classification_metrics
-from training.config import TrainConfig
-from training.loop import EVAL_BATCH_SIZE, build_model, build_optimizer, train_epoch
+from workflows.serving.bundle import load_bundle
+from workflows.serving.evaluate import classification_metrics
+from workflows.training.config import TrainConfig
+from workflows.training.loop import EVAL_BATCH_SIZE, build_model, build_optimizer, train_epoch
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +140,7 @@ def fit_epoch(
         loss_fn: The loss to optimise.
         batches: Training batches from :func:`iterate_batches`.
         clip_norm: Gradient-norm clip (guarded pass only); None disables it.
-        guarded: Use the project's health-guarded step (:func:`training.loop.train_epoch`); false runs
+        guarded: Use the project's health-guarded step (:func:`workflows.training.loop.train_epoch`); false runs
             :func:`unguarded_epoch`.
 
     Returns:
@@ -211,7 +212,7 @@ class TrainResult:
             ``train_loss``, ``train_acc``, ``val_acc`` (NaN when validation is off), ``skipped``, ``seconds``
             (training pass only).
         best_epoch: Epoch whose weights were evaluated on test (the best by validation accuracy, or the last).
-        test: :func:`serving.evaluate.classification_metrics` on the test split.
+        test: :func:`workflows.serving.evaluate.classification_metrics` on the test split.
         parameters: Trainable parameter count.
     """
 
@@ -337,7 +338,8 @@ def plain_predict(
 ) -> tuple[float, float]:
     """Seconds of plain in-process inference over a Parquet file of patches, without and with reading it.
 
-    The bundle's own batched forward (normalise, then batches of ``serving.evaluate.PREDICT_BATCH_SIZE``) on the
+    The bundle's own batched forward (normalise, then batches of ``workflows.serving.evaluate.PREDICT_BATCH_SIZE``) on
+    the
     torch threads this process has, no Ray. The file is read and checked (:func:`data.format.check_rows`, as
     predict.py checks its blocks) ``chunk_rows`` rows at a time, so memory stays bounded at any size; each chunk's
     inference counts its best of ``repeats`` runs (on a shared machine other processes only ever slow a run down).
@@ -428,9 +430,9 @@ def in_memory_inputs(dataset: PatchDataset) -> Any:
     (:func:`data.pipeline.build_ray_datasets`), the test split and the baselines in memory.
     """
     from data.pipeline import build_ray_datasets
-    from jobs.inputs import JobInputs
-    from serving.baselines import BaselineData
-    from serving.evaluate import labelled_batches
+    from workflows.jobs.inputs import JobInputs
+    from workflows.serving.baselines import BaselineData
+    from workflows.serving.evaluate import labelled_batches
 
     stats = compute_band_stats(dataset.train.pixels)
     rows = {name: len(split) for name, split in dataset.splits.items()}

@@ -1,7 +1,7 @@
 """Check the ``--gpu`` path on a machine with GPUs: train.py and a PBT smoke test with 2 workers per run.
 
 Each worker holds one GPU; Ray Train then picks the NCCL backend, which reduces only CUDA tensors, so this is where
-the all-reduced metrics (``training.loop``) and the command broadcast between epochs must be on the training
+the all-reduced metrics (``workflows.training.loop``) and the command broadcast between epochs must be on the training
 device. It needs 2 GPUs for train.py and 2 per PBT member (members run one at a time when GPUs are short).
 Without them it says so and exits 2; nothing else in the project depends on a GPU.
 

@@ -31,7 +31,7 @@ from benchmarks.model_cost import UPSAMPLED, cost  # noqa: E402
 from data import DEFAULT_DATASET_DIR  # noqa: E402
 from data.format import read_dataset  # noqa: E402
 from resnet import ResNetConfig  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
+from workflows.training.config import TrainConfig  # noqa: E402
 
 EPOCHS = 10
 QUICK_EPOCHS = 2

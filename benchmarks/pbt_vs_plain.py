@@ -1,9 +1,12 @@
 """Print the wall time of the PBT main job (workflows/tune.py) beside the same schedule as a plain PyTorch loop.
 
-First the real job runs: ``jobs.experiment.tune_experiment`` with tune.py's defaults (``--quick``: the smoke test)
+First the real job runs: ``workflows.jobs.experiment.tune_experiment`` with tune.py's defaults (``--quick``: the smoke
+test)
 on a local 2-CPU Ray cluster that this script starts. Then the same members
-(``training.hyperparams.initial_population``), epochs, data, batch size and per-member ``lr``/``grad_clip`` train
-one after another in this process, without Ray, with the same health guards (``training.loop.train_epoch``) and a
+(``workflows.training.hyperparams.initial_population``), epochs, data, batch size and per-member ``lr``/``grad_clip``
+train
+one after another in this process, without Ray, with the same health guards (``workflows.training.loop.train_epoch``)
+and a
 validation pass every epoch. PBT's exploits are replayed from the job's ``pbt.json``: before the epoch after an
 exploit, the member takes the donor's model and optimizer state at the donor epoch (every epoch, as the members
 checkpoint every epoch) and then its mutated ``lr`` and ``grad_clip``, epoch for epoch as the job reported them. A
@@ -34,12 +37,12 @@ from torch import nn
 
 from data.format import PatchDataset, read_dataset
 from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, D4Collate, compute_band_stats, normalise
-from jobs.experiment import ExperimentConfig, format_outcome, tune_experiment
-from serving.evaluate import predict_probabilities
-from training.cluster import connect
-from training.config import GRAD_CLIP, LR, TrainConfig
-from training.hyperparams import PopulationOptions, apply_to_optimizer, initial_population
-from training.loop import (
+from workflows.jobs.experiment import ExperimentConfig, format_outcome, tune_experiment
+from workflows.serving.evaluate import predict_probabilities
+from workflows.training.cluster import connect
+from workflows.training.config import GRAD_CLIP, LR, TrainConfig
+from workflows.training.hyperparams import PopulationOptions, apply_to_optimizer, initial_population
+from workflows.training.loop import (
     EVAL_BATCH_SIZE,
     build_model,
     build_optimizer,

@@ -3,7 +3,7 @@
 For each seed, two searches over ``lr`` and ``grad_clip`` train the same number of members for the same number
 of epochs on the default dataset (or ``--data``):
 
-- PBT: the main job itself (``jobs.experiment.tune_experiment``) with that ``--seed``, on a local Ray cluster
+- PBT: the main job itself (``workflows.jobs.experiment.tune_experiment``) with that ``--seed``, on a local Ray cluster
   this script starts. Every member's final checkpoint is evaluated on the test split.
 - Random search: members whose ``lr`` and ``grad_clip`` are drawn from the distribution PBT's initial population
   is a stratified sample of (``lr`` log-uniform over ``--initial-lr-range``; the upper half of that log range
@@ -42,11 +42,11 @@ if __package__ in (None, ""):
 from benchmarks.pbt_vs_plain import Member, Row, plain_pbt, start_ray  # noqa: E402
 from data import DEFAULT_DATASET_DIR  # noqa: E402
 from data.format import PatchDataset, PatchFormatError, read_dataset  # noqa: E402
-from jobs.experiment import TUNE_DIR, ExperimentConfig, format_outcome, tune_experiment  # noqa: E402
-from serving.evaluate import evaluate_checkpoint  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.hyperparams import CLIP_CHOICES, INITIAL_LR_RANGE  # noqa: E402
-from tuning.pbt import TRIAL_FOLDER_GLOB  # noqa: E402
+from workflows.jobs.experiment import TUNE_DIR, ExperimentConfig, format_outcome, tune_experiment  # noqa: E402
+from workflows.serving.evaluate import evaluate_checkpoint  # noqa: E402
+from workflows.training.config import TrainConfig  # noqa: E402
+from workflows.training.hyperparams import CLIP_CHOICES, INITIAL_LR_RANGE  # noqa: E402
+from workflows.tuning.pbt import TRIAL_FOLDER_GLOB  # noqa: E402
 
 # A member whose final test accuracy is below this multiple of chance failed to learn.
 FAILED_FACTOR = 2.0

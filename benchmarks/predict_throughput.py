@@ -24,8 +24,8 @@ from data.format import write_split  # noqa: E402
 from data.pipeline import compute_band_stats  # noqa: E402
 from data.synthetic import generate  # noqa: E402
 from resnet import ResNet, ResNetConfig  # noqa: E402
-from serving.bundle import export_bundle  # noqa: E402
-from training.checkpoint import save_checkpoint  # noqa: E402
+from workflows.serving.bundle import export_bundle  # noqa: E402
+from workflows.training.checkpoint import save_checkpoint  # noqa: E402
 
 FULL_PATCHES = 50_000
 QUICK_PATCHES = 5_000

@@ -9,7 +9,7 @@ checkout under GNU ``/usr/bin/time -v`` on its own local Ray cluster (``--addres
   streaming path). s/epoch is the median of history.json's ``epoch_seconds`` without epoch 1 (all of it when
   ``E`` is 1). At sizes up to 50,000 it also trains, in the same run, on the *in-memory path*: the same folder
   read whole by ``data.format.read_dataset`` and fed through ``data.pipeline.build_ray_datasets``, as every folder
-  was read before Ray Data read the Parquet (the subprocess replaces ``jobs.training_run.open_inputs`` with
+  was read before Ray Data read the Parquet (the subprocess replaces ``workflows.jobs.training_run.open_inputs`` with
   ``read_dataset`` and its ``build_inputs`` with ``benchmarks.common.in_memory_inputs``; nothing else differs, so
   both train on the same rows).
 * ``workflows/predict.py --split train`` with the bundle that run exported (1M patches are predicted at 1M),
@@ -68,8 +68,8 @@ from benchmarks.common import (  # noqa: E402
 from data.atomic import write_file_atomic  # noqa: E402
 from data.format import PARQUET_SUFFIX, to_table, write_split  # noqa: E402
 from data.synthetic import default_metadata, generate  # noqa: E402
-from jobs.training_run import HISTORY_FILE  # noqa: E402
-from serving.bundle import BUNDLE_DIR  # noqa: E402
+from workflows.jobs.training_run import HISTORY_FILE  # noqa: E402
+from workflows.serving.bundle import BUNDLE_DIR  # noqa: E402
 
 TIME = Path("/usr/bin/time")
 TRAIN_SCRIPT = ROOT / "workflows" / "train.py"
@@ -104,7 +104,7 @@ PREDICT_E2E_TARGET = 0.6  # end to end (the subprocess's wall time)
 # Train.py through the in-memory path: the job's reader replaced by the whole-dataset reader and its inputs built from
 # the arrays (benchmarks.common.in_memory_inputs), nothing else changed.
 IN_MEMORY_TRAIN = (
-    "import sys; import jobs.training_run as run; from data.format import read_dataset; "
+    "import sys; import workflows.jobs.training_run as run; from data.format import read_dataset; "
     "from benchmarks.common import in_memory_inputs; run.open_inputs = read_dataset; "
     "run.build_inputs = in_memory_inputs; from workflows.train import main; sys.exit(main(sys.argv[1:]))"
 )

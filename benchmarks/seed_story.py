@@ -48,7 +48,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from data import DEFAULT_DATASET_DIR  # noqa: E402
 from data.format import PatchDataset, read_dataset  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
+from workflows.training.config import TrainConfig  # noqa: E402
 
 SEED_MODEL_FILE = REPO / "tests" / "resnet" / "seed_model.py"
 DEFAULT_OUT = REPO / "docs" / "figures" / "seed_story.png"

@@ -1,8 +1,9 @@
 """Print seconds per epoch of the Ray training pipeline beside a plain in-memory PyTorch loop, and their ratios.
 
 Both sides train the same ResNet (``TrainConfig`` defaults: width, batch size, AdamW, clipping) on the same
-normalised patches with the same D4 augmentation and the same per-step health guards (``training.loop.train_epoch``),
-and both validate after every epoch. The Ray side is the real code: ``training.launch.run_training`` with the
+normalised patches with the same D4 augmentation and the same per-step health guards
+(``workflows.training.loop.train_epoch``),
+and both validate after every epoch. The Ray side is the real code: ``workflows.training.launch.run_training`` with the
 Ray Data feed and Ray Train workers, once with 1 worker x 2 CPUs and once with 2 workers x 1 CPU; its per-epoch
 figure is the median of the reported ``epoch_seconds`` without epoch 1 (warm-up). The plain side runs in this
 process with ``torch.set_num_threads(2)``. Wall times include Ray start-up of each run (not the cluster's).
@@ -49,11 +50,18 @@ from data.pipeline import (  # noqa: E402
     normalise,
 )
 from data.synthetic import generate  # noqa: E402
-from serving.evaluate import evaluate_checkpoint  # noqa: E402
-from training.cluster import connect  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
-from training.launch import run_training, unique_run_name  # noqa: E402
-from training.loop import EVAL_BATCH_SIZE, build_model, build_optimizer, epoch_metrics, evaluate_shard, train_epoch  # noqa: E402
+from workflows.serving.evaluate import evaluate_checkpoint  # noqa: E402
+from workflows.training.cluster import connect  # noqa: E402
+from workflows.training.config import TrainConfig  # noqa: E402
+from workflows.training.launch import run_training, unique_run_name  # noqa: E402
+from workflows.training.loop import (  # noqa: E402
+    EVAL_BATCH_SIZE,
+    build_model,
+    build_optimizer,
+    epoch_metrics,
+    evaluate_shard,
+    train_epoch,
+)
 
 CPUS = 2  # the cluster this script starts, and the plain loop's torch threads
 LARGE_COUNTS = {"train": 50_000, "val": 2_000, "test": 700}
@@ -135,7 +143,7 @@ def plain_training(dataset: PatchDataset, stats: BandStats, cfg: TrainConfig, th
 def ray_training(
     dataset: PatchDataset, stats: BandStats, cfg: TrainConfig, storage: Path, datasets: dict[str, Any]
 ) -> Timing:
-    """Train with ``training.launch.run_training`` (Ray Data feed, Ray Train workers) and read its epoch times.
+    """Train with ``workflows.training.launch.run_training`` (Ray Data, Ray Train workers); read its epoch times.
 
     Args:
         dataset: The dataset (for its metadata).

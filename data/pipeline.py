@@ -140,7 +140,8 @@ def d4_transform(pixels: np.ndarray, elements: np.ndarray) -> np.ndarray:
 class D4Collate:
     """Turns a Ray Data numpy batch into tensors with a random element of an augmentation group applied to each patch.
 
-    Applied by each training worker to the batches of its shard (:mod:`training.shard_cache`), beside the model,
+    Applied by each training worker to the batches of its shard (:mod:`workflows.training.shard_cache`), beside the
+    model,
     rather than as Ray tasks competing with training for CPUs. Seeded per worker and epoch, so a run is reproducible
     and every epoch sees different views of each patch.
 
@@ -194,7 +195,7 @@ def build_ray_datasets(
 
     Call this once per experiment and hand the result to every trainer: the expensive part runs here. A pass re-runs
     only the block shuffle; the workers shuffle rows locally, keep a small shard in memory after the first epoch
-    (:mod:`training.shard_cache`) and augment with :class:`D4Collate`.
+    (:mod:`workflows.training.shard_cache`) and augment with :class:`D4Collate`.
 
     Args:
         dataset: The validated dataset.

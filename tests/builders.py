@@ -13,7 +13,7 @@ import torch
 from data.pipeline import compute_band_stats, normalise
 from data.synthetic import generate
 from resnet import ResNet, ResNetConfig
-from training.checkpoint import save_checkpoint
+from workflows.training.checkpoint import save_checkpoint
 
 COUNTS = {"train": 70, "val": 14, "test": 28}
 CHANNELS = 16  # small and quick; the format does not depend on the width

@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 # Run as ``python workflows/import_data.py``, Python puts workflows/ (not the repository root) on sys.path; put the
-# root first so that ``data`` is this project's package even when it is not pip-installed.
+# root first so that ``data`` is this project's package even when it is not pip-installed, and import ``workflows``,
+# which takes workflows/ itself off sys.path (see its docstring).
 _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
-
+import workflows  # noqa: E402, F401
 from data.format import DEFAULT_SPLIT_SEED, PatchFormatError  # noqa: E402
 from data.importer import (  # noqa: E402
     DEFAULT_TEST_FRACTION,

@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 # Run as ``python workflows/make_dataset.py``, Python puts workflows/ (not the repository root) on sys.path; put the
-# root first so that ``data`` is this project's package even when it is not pip-installed.
+# root first so that ``data`` is this project's package even when it is not pip-installed, and import ``workflows``,
+# which takes workflows/ itself off sys.path (see its docstring).
 _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
-
+import workflows  # noqa: E402, F401
 from data import DEFAULT_DATASET_DIR  # noqa: E402
 from data.format import PatchFormatError, check_dataset_replaceable, write_dataset  # noqa: E402
 from data.messages import one_line  # noqa: E402

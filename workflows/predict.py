@@ -8,7 +8,7 @@ The output has one row per patch, in input order: ``patch_id``, ``predicted_labe
 column per class of the model; an ``--output`` ending in ``.parquet`` is one file, any other name a folder of part
 files. ``--input`` and ``--output`` may be object-store URIs (credentials and endpoint from the standard ``AWS_*``
 environment variables); ``--model`` is a local folder. When the input has labels, accuracy and macro-F1 are printed
-too. The work is :func:`serving.predict.predict_run`.
+too. The work is :func:`workflows.serving.predict.predict_run`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from data.format import SPLITS, PatchFormatError
 from data.messages import one_line
-from serving.bundle import BundleError
-from serving.predict import PredictConfig, config_defaults, predict_run
-from workflows.flags import positive_int
+from workflows.jobs.flags import positive_int
+from workflows.serving.bundle import BundleError
+from workflows.serving.predict import PredictConfig, config_defaults, predict_run
 
 DEFAULTS = config_defaults()
 

@@ -4,8 +4,9 @@ Example:
     python workflows/train.py --epochs 20 --num-workers 2 --results results/my-run
     python workflows/train.py --config results/my-run/config.yaml --results results/again
 
-The run itself is :func:`jobs.training_run.train_run`; this script parses the flags (and ``--config``) into its
-:class:`~jobs.training_run.TrainJob` and prints the outcome.
+The run itself is :func:`workflows.jobs.training_run.train_run`; this script parses the flags (and ``--config``) into
+its
+:class:`~workflows.jobs.training_run.TrainJob` and prints the outcome.
 """
 
 from __future__ import annotations
@@ -15,10 +16,7 @@ import logging
 import sys
 
 from data.format import PatchFormatError
-from jobs.training_run import TrainJob, format_outcome, train_run
-from training.config import AUGMENTATIONS, OPTIMIZERS, RANKABLE_METRICS
-from training.config_file import add_config_flags, parse_args
-from workflows.flags import (
+from workflows.jobs.flags import (
     add_data_flag,
     grad_clip,
     non_negative_float,
@@ -27,6 +25,9 @@ from workflows.flags import (
     positive_int,
     unit_fraction,
 )
+from workflows.jobs.training_run import TrainJob, format_outcome, train_run
+from workflows.training.config import AUGMENTATIONS, OPTIMIZERS, RANKABLE_METRICS
+from workflows.training.config_file import add_config_flags, parse_args
 
 DEFAULTS = TrainJob()
 TRAINING = DEFAULTS.training

@@ -6,8 +6,10 @@ Run it on a local Ray cluster as a Ray job (the dashboard at http://127.0.0.1:82
 
 Results land in one folder per experiment (``--results``, default ``results/tune-<time>`` under the directory the
 job runs in): ``test_metrics.json``, ``pbt.json``, ``bundle/``, ``report/`` (JSON and PNG plots) and ``tune/`` (Ray
-Tune's own records, used by ``--resume``). The experiment itself is :func:`jobs.experiment.tune_experiment`; this
-script parses the flags (and ``--config``) into its :class:`~jobs.experiment.ExperimentConfig` and prints the outcome.
+Tune's own records, used by ``--resume``). The experiment itself is :func:`workflows.jobs.experiment.tune_experiment`;
+this
+script parses the flags (and ``--config``) into its :class:`~workflows.jobs.experiment.ExperimentConfig` and prints the
+outcome.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import logging
 import sys
 
 from data.format import PatchFormatError
-from jobs.experiment import ExperimentConfig, ExperimentInterrupted, format_outcome, tune_experiment
-from training.config import AUGMENTATIONS, OPTIMIZERS, RANKABLE_METRICS
-from training.config_file import add_config_flags, parse_args
-from workflows.flags import add_data_flag, non_negative_float, positive_float, positive_int, unit_fraction
+from workflows.jobs.experiment import ExperimentConfig, ExperimentInterrupted, format_outcome, tune_experiment
+from workflows.jobs.flags import add_data_flag, non_negative_float, positive_float, positive_int, unit_fraction
+from workflows.training.config import AUGMENTATIONS, OPTIMIZERS, RANKABLE_METRICS
+from workflows.training.config_file import add_config_flags, parse_args
 
 DEFAULTS = ExperimentConfig()
 

@@ -148,7 +148,8 @@ def test_ray_feed_is_normalised_augmented_and_free_of_deprecation_warnings(ray_c
     collate = D4Collate(seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RayDeprecationWarning)
-        # As the training workers read it (training/shard_cache.py): numpy batches, augmented beside the model.
+        # As the training workers read it (workflows/training/shard_cache.py): numpy batches, augmented beside the
+        # model.
         batches = [collate(b) for b in built["train"].iter_batches(batch_size=64, batch_format="numpy")]
     pixels = torch.cat([b[PIXELS_COLUMN] for b in batches]).numpy()
     labels = torch.cat([b[LABEL_COLUMN] for b in batches]).numpy()

@@ -25,9 +25,9 @@ from builders import make_checkpoint
 from data.format import METADATA_KEY, PatchFormatError, PatchMetadata, read_split, write_dataset, write_split
 from data.importer import NpzImportError, dataset_from_arrays
 from data.synthetic import generate
-from serving.bundle import WEIGHTS_FILE, BundleError, check_compatible, export_bundle
-from training.config import TrainConfig
 from workflows import import_data, make_dataset, predict, train, tune
+from workflows.serving.bundle import WEIGHTS_FILE, BundleError, check_compatible, export_bundle
+from workflows.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIP_EXPECTED = "expected a number >= 0 (0 turns clipping off)"

@@ -13,9 +13,9 @@ from ray.cluster_utils import Cluster
 from data import DEFAULT_DATASET_DIR
 from data.format import read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
-from training.checkpoint import load_checkpoint
-from training.config import TrainConfig
-from training.launch import run_training, unique_run_name
+from workflows.training.checkpoint import load_checkpoint
+from workflows.training.config import TrainConfig
+from workflows.training.launch import run_training, unique_run_name
 
 # A custom resource only the worker node has, so the test can tell the nodes apart.
 WORKER_RESOURCE = "satresnet_worker_node"

@@ -17,10 +17,10 @@ from builders import make_checkpoint
 from data.format import PatchSplit, to_table, write_dataset, write_split
 from data.pipeline import BandStats, augmentation_elements
 from data.synthetic import generate
-from serving.bundle import INFO_FILE, WEIGHTS_FILE, export_bundle
-from serving.evaluate import NO_TTA, classification_metrics, ensemble_probabilities, model_from_state
-from training.checkpoint import load_checkpoint
 from workflows import predict
+from workflows.serving.bundle import INFO_FILE, WEIGHTS_FILE, export_bundle
+from workflows.serving.evaluate import NO_TTA, classification_metrics, ensemble_probabilities, model_from_state
+from workflows.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "workflows" / "predict.py"

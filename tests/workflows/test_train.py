@@ -12,9 +12,9 @@ import pytest
 from data import DEFAULT_DATASET_DIR
 from data.format import read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
-from training.checkpoint import load_checkpoint
-from training.config import TrainConfig
-from training.launch import run_training, unique_run_name
+from workflows.training.checkpoint import load_checkpoint
+from workflows.training.config import TrainConfig
+from workflows.training.launch import run_training, unique_run_name
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"channels": 32, "num_workers": 2, "batch_size": 64, "seed": 0}
@@ -167,7 +167,7 @@ def test_a_run_stopped_by_its_caller_ends_by_itself_and_leaves_nothing(default_d
 
     from ray.util.placement_group import placement_group_table
 
-    caplog.set_level(logging.DEBUG, logger="training.launch")
+    caplog.set_level(logging.DEBUG, logger="workflows.training.launch")
     dataset, stats, datasets = default_data
     # Far more epochs than fit in the grace period: a run that ignored the stop would be cut off and say so.
     cfg = TrainConfig(epochs=500, **FAST)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from jobs.experiment import ExperimentConfig, size_members, tune_experiment
-from training.config import GRAD_CLIP, LR
-from training.config_file import parse_args
-from training.hyperparams import CLIP_CHOICES
+from workflows.jobs.experiment import ExperimentConfig, size_members, tune_experiment
+from workflows.training.config import GRAD_CLIP, LR
+from workflows.training.config_file import parse_args
+from workflows.training.hyperparams import CLIP_CHOICES
 from workflows.tune import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +74,8 @@ def test_diverging_member_is_exploited_and_continues_from_the_donor(experiment):
     assert not bad["final"]["diverged"]
     assert all(not t["final"]["diverged"] for t in trials.values())
     # Each member kept its one Train run (worker group) across the exploit: Ray 2.60's Tune caches the paused
-    # member's actor while the search is open (training.ray_private.PopulationSearch), and reset_config keeps it.
+    # member's actor while the search is open (workflows.training.ray_private.PopulationSearch), and reset_config keeps
+    # it.
     for trial in trials.values():
         assert len({row["train_run"] for row in trial["history"]}) == 1, trial["history"]
 

@@ -67,5 +67,5 @@ def test_ray_job_submit_runs_the_smoke_test(tmp_path, head_environment):
     assert "member 0  epoch   1/4" in run.stdout
     assert "╭" not in output and "Trial status" not in output
     assert "execution finished" not in output
-    # Ray's own deprecation notice about an option we never set (training/launch.py's DataConfig).
+    # Ray's own deprecation notice about an option we never set (workflows/training/launch.py's DataConfig).
     assert "exclude_resources" not in output

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.experiment import MEMBER_LOGS_DIR
+from workflows.jobs.experiment import MEMBER_LOGS_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 # Members checkpoint every epoch, and since workers keep their shard in memory an epoch takes about 0.1 s: enough

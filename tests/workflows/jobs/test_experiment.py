@@ -1,0 +1,52 @@
+"""The experiment's typed settings: one set of defaults behind the flags, resume reads the saved experiment back."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from workflows.jobs.experiment import EXPERIMENT_FILE, INVOCATION_ONLY, ExperimentConfig, _experiment
+from workflows.training.config_file import NOT_IN_FILES
+from workflows.tune import build_parser
+
+
+def test_the_flags_are_the_config_fields_with_the_same_defaults():
+    parsed = build_parser().parse_args([])
+    flags = {k for k in vars(parsed) if k not in NOT_IN_FILES}
+    assert flags == set(ExperimentConfig().settings())
+    assert ExperimentConfig.from_mapping(parsed) == ExperimentConfig()
+
+
+def test_a_namespace_becomes_a_frozen_config_and_unknown_keys_are_ignored():
+    args = build_parser().parse_args(["--population", "3", "--initial-lr-range", "0.01", "0.1"])
+    config = ExperimentConfig.from_mapping(args)
+    assert config.population == 3 and config.initial_lr_range == (0.01, 0.1)
+    assert ExperimentConfig.from_mapping({"epochs": 7, "print_config": False}).epochs == 7
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 1
+
+
+def test_the_smoke_test_shrinks_the_experiment(tmp_path):
+    config, results = _experiment(ExperimentConfig(smoke_test=True, results=str(tmp_path / "exp")))
+    assert (config.population, config.epochs, config.perturbation_interval, config.channels) == (2, 4, 2, 16)
+    assert results.path == str((tmp_path / "exp").resolve())
+
+
+def test_resume_takes_the_saved_experiment_with_this_invocations_folder_and_cluster(tmp_path):
+    results = tmp_path / "exp"
+    results.mkdir()
+    saved = ExperimentConfig(population=3, epochs=9, perturbation_interval=3, results="/elsewhere", num_cpus=8)
+    (results / EXPERIMENT_FILE).write_text(json.dumps(saved.settings()))
+    asked = ExperimentConfig(resume=True, results=str(results), address="local", num_cpus=2, epochs=99)
+    config, folder = _experiment(asked)
+    assert folder.path == str(results.resolve())
+    assert (config.population, config.epochs, config.perturbation_interval) == (3, 9, 3)
+    assert (config.results, config.address, config.num_cpus, config.resume) == (str(results), "local", 2, True)
+    assert isinstance(config.data, Path) and isinstance(config.initial_lr_range, tuple)
+    assert not set(INVOCATION_ONLY) & set(saved.settings())
+
+
+def test_resume_without_a_saved_experiment_says_so(tmp_path):
+    with pytest.raises(ValueError, match=f"nothing to resume \\(no {EXPERIMENT_FILE}\\)"):
+        _experiment(ExperimentConfig(resume=True, results=str(tmp_path / "exp")))
