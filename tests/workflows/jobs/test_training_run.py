@@ -13,7 +13,7 @@ from workflows.train import build_parser
 from workflows.training.config import TrainConfig
 from workflows.training.config_file import NOT_IN_FILES, dump_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_the_flags_are_the_job_and_training_fields_with_the_same_defaults():
