@@ -51,7 +51,7 @@ def main() -> int:
         if code:
             print(tail)
         tune = [
-            sys.executable, "workflows/tune.py", "--smoke-test", "--gpu", "--workers-per-trial", str(WORKERS),
+            sys.executable, "workflows/tune.py", "--smoke-test", "--gpu", "--num-workers", str(WORKERS),
             "--address", "local", "--results", f"{tmp}/tune",
         ]  # fmt: skip
         code, seconds, tail = _run(tune)

@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         job_args.population,
         PopulationOptions(unstable=not job_args.stable_start, lr_range=tuple(job_args.initial_lr_range)),
     )
-    base = job_args.shared_training()
+    base = job_args.training
     interval = job_args.perturbation_interval
     try:
         schedule = schedule_from_record(record, members)

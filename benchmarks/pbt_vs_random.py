@@ -79,11 +79,10 @@ def final_checkpoints(tune_dir: Path) -> dict[str, Path]:
 
 def run_pbt(args: argparse.Namespace, dataset: PatchDataset, seed: int, results: Path) -> dict[str, Any]:
     """The main job with this seed; every member's final test accuracy."""
-    job = ExperimentConfig(
+    job = ExperimentConfig.from_mapping(dict(
         data=Path(args.data), results=str(results), seed=seed, population=args.population, epochs=args.epochs,
-        perturbation_interval=args.interval, channels=args.channels,
-        initial_lr_range=tuple(args.initial_lr_range),
-    )  # fmt: skip
+        perturbation_interval=args.interval, channels=args.channels, initial_lr_range=args.initial_lr_range,
+    ))  # fmt: skip
     start_ray()
     try:
         started = time.perf_counter()

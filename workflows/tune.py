@@ -20,11 +20,11 @@ import sys
 
 from data.format import PatchFormatError
 from workflows.jobs.experiment import ExperimentConfig, ExperimentInterrupted, format_outcome, tune_experiment
-from workflows.jobs.flags import add_data_flag, non_negative_float, positive_float, positive_int, unit_fraction
-from workflows.training.config import AUGMENTATIONS, OPTIMIZERS, RANKABLE_METRICS
+from workflows.jobs.flags import add_flags, positive_float, positive_int
 from workflows.training.config_file import add_config_flags, parse_args
 
 DEFAULTS = ExperimentConfig()
+TRAINING = DEFAULTS.training
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     io = parser.add_argument_group("data and output")
-    add_data_flag(io, DEFAULTS.data)
+    add_flags(io, DEFAULTS, ["data"])
     io.add_argument(
         "--results",
         default=None,
@@ -48,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         "environment variables",
     )
     io.add_argument("--resume", action="store_true", help="continue the interrupted experiment in --results")
-    io.add_argument("--overwrite", action="store_true", help="allow a results folder that already has results")
+    add_flags(io, DEFAULTS, ["overwrite"])
     pbt = parser.add_argument_group("population-based training")
     pbt.add_argument("--population", type=positive_int, default=DEFAULTS.population, help="members")
-    pbt.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help="epochs per member")
+    add_flags(pbt, TRAINING, ["epochs"], epochs="epochs per member")
     pbt.add_argument(
         "--perturbation-interval",
         type=positive_int,
@@ -72,37 +72,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start every member with clipping (by default the upper half starts unclipped, and some diverge)",
     )
-    pbt.add_argument(
-        "--metric",
-        choices=RANKABLE_METRICS,
-        default=DEFAULTS.metric,
-        help="metric PBT ranks members by (and Train their checkpoints)",
-    )
-    pbt.add_argument(
-        "--mode",
-        choices=("max", "min"),
-        default=None,
-        help="whether --metric is maximised (%(default)s: its own direction)",
-    )
-    pbt.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    add_flags(pbt, TRAINING, ["metric", "mode", "seed"])
     pbt.add_argument("--smoke-test", action="store_true", help="2 members, 4 epochs, small network: a quick check")
-    train = parser.add_argument_group("training (shared by all members)")
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer)
-    train.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
-    train.add_argument("--weight-decay", type=non_negative_float, default=DEFAULTS.weight_decay)
-    train.add_argument("--label-smoothing", type=unit_fraction, default=DEFAULTS.label_smoothing)
-    train.add_argument("--channels", type=positive_int, default=DEFAULTS.channels, help="network width")
-    train.add_argument(
-        "--augment", choices=AUGMENTATIONS, default=DEFAULTS.augment, help="flips/rotations drawn per training patch"
+    train = parser.add_argument_group("training (shared by all members; PBT sets lr and grad_clip)")
+    add_flags(
+        train,
+        TRAINING,
+        ["optimizer", "momentum", "weight_decay", "label_smoothing", "batch_size", "channels", "dropout", "augment"],
     )
     ray_group = parser.add_argument_group("Ray")
-    ray_group.add_argument("--workers-per-trial", type=positive_int, default=DEFAULTS.workers_per_trial)
-    ray_group.add_argument(
-        "--cpus-per-worker", type=positive_float, default=None, help="default: the cluster's CPUs shared by all members"
+    add_flags(ray_group, TRAINING, ["num_workers", "gpu"])
+    add_flags(
+        ray_group,
+        DEFAULTS,
+        ["cpus_per_worker"],
+        cpus_per_worker="CPUs each worker reserves (None: the cluster's CPUs shared by all members)",
     )
-    ray_group.add_argument("--gpu", action="store_true", help="one GPU per worker")
-    ray_group.add_argument("--address", default=None, help="Ray cluster (default: running cluster or new local)")
-    ray_group.add_argument("--num-cpus", type=positive_int, default=None, help="CPUs of a new local cluster")
+    add_flags(ray_group, DEFAULTS, ["address", "num_cpus"])
     add_config_flags(parser)
     return parser
 

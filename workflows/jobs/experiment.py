@@ -27,19 +27,19 @@ from data import DEFAULT_DATASET_DIR
 from data.atomic import write_json_atomic
 from data.storage import Location, as_user_path, joined, local_staging, path_or_uri, shown
 from workflows.jobs.inputs import JobInputs, build_inputs, open_inputs
+from workflows.jobs.settings import from_flat, to_flat
 from workflows.serving.baselines import format_test_summary, run_baselines
 from workflows.serving.bundle import BUNDLE_DIR, export_bundle
 from workflows.serving.evaluate import TEST_METRICS_FILE, VARIANT_METRICS, evaluate_members, rank_members
 from workflows.training.cluster import cluster_cpus, cluster_gpus, connect
-from workflows.training.config import TrainConfig, resolved_mode, results_location
-from workflows.training.config_file import CONFIG_FILE, plain_setting, write_config
+from workflows.training.config import TrainConfig, results_location
+from workflows.training.config_file import CONFIG_FILE, write_config
 from workflows.training.hyperparams import INITIAL_LR_RANGE, MUTABLES, NAMES, PopulationOptions, initial_population
 from workflows.training.ray_private import PopulationSearch, apply_tune_settings, quiet_tune_timing_notes
 from workflows.tuning.pbt import MEMBER_KEY, PBTMember, make_scheduler, read_member_logs, remove_train_runs
 from workflows.tuning.progress import TENSORBOARD_DIR, PopulationProgress
 from workflows.tuning.report import format_summary, write_report
 
-TRAIN_DEFAULTS = TrainConfig()
 EXPERIMENT_FILE = "experiment.json"
 PBT_FILE = "pbt.json"
 TUNE_DIR = "tune"
@@ -60,70 +60,63 @@ class ExperimentInterrupted(RuntimeError):
     """The experiment stopped (Ctrl+C / SIGINT) before every member finished; ``resume=True`` continues it."""
 
 
+# The training settings a user sets for the whole population; PBT sets lr and grad_clip per member, and the
+# experiment sizes each member's CPUs and checkpoints itself (_member_config).
+TRAINING_KEYS = (
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "label_smoothing",
+    "epochs",
+    "batch_size",
+    "channels",
+    "dropout",
+    "augment",
+    "seed",
+    "metric",
+    "mode",
+    "num_workers",
+    "gpu",
+)
+
+
+def _members_training() -> TrainConfig:
+    """The members' shared training defaults: train.py's, with one worker each."""
+    return TrainConfig(num_workers=1)  # a 2-CPU laptop runs members side by side rather than workers
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """The PBT experiment's settings; each default is defined here once, with its reason."""
+    """The PBT experiment's settings; each default is defined here once (the training ones in TrainConfig)."""
 
     data: Path | str = DEFAULT_DATASET_DIR  # the embedded default dataset; a folder or an object-store URI
     results: str | None = None  # None: results/tune-<time> under the working directory
     resume: bool = False  # continue the interrupted experiment in ``results``
     overwrite: bool = False  # allow a results folder that already has results
     population: int = 4  # one member can diverge and be replaced while three others train
-    epochs: int = 40  # as train.py: the default dataset plateaus around epoch 30-40
     perturbation_interval: int = 5  # epochs between exploit/explore steps (members checkpoint every epoch)
     initial_lr_range: tuple[float, float] = INITIAL_LR_RANGE  # spaced geometrically over the members
     stable_start: bool = False  # by default the upper half starts unclipped, so some members diverge
-    metric: str = TRAIN_DEFAULTS.metric  # what PBT ranks members by, and Train the members' checkpoints
-    mode: str | None = None  # whether ``metric`` is maximised; None: the metric's own direction
-    seed: int = 0
     smoke_test: bool = False  # 2 members, 4 epochs, small network: a quick check
-    optimizer: str = TRAIN_DEFAULTS.optimizer
-    batch_size: int = TRAIN_DEFAULTS.batch_size
-    weight_decay: float = TRAIN_DEFAULTS.weight_decay
-    label_smoothing: float = TRAIN_DEFAULTS.label_smoothing
-    channels: int = TRAIN_DEFAULTS.channels
-    augment: str = TRAIN_DEFAULTS.augment
-    workers_per_trial: int = 1  # a 2-CPU laptop runs members side by side rather than workers
     cpus_per_worker: float | None = None  # None: the cluster's CPUs shared by all members
-    gpu: bool = False  # one GPU per worker
     address: str | None = None  # None: the running cluster, or a new local one
     num_cpus: int | None = None  # CPUs of a new local cluster
+    # What every member trains with (``TRAINING_KEYS`` of it are the user's; see _member_config for the rest).
+    training: TrainConfig = field(default_factory=_members_training)
+
+    def __post_init__(self) -> None:
+        # Frozen: as files and flags give them (a list, a string), normalised once.
+        object.__setattr__(self, "data", path_or_uri(self.data))
+        object.__setattr__(self, "initial_lr_range", tuple(self.initial_lr_range))
 
     @classmethod
     def from_mapping(cls, values: Any) -> ExperimentConfig:
-        """The config from a mapping or namespace holding (some of) its fields; other keys are ignored."""
-        values = vars(values) if not isinstance(values, dict) else values
-        names = {f.name for f in dataclasses.fields(cls)}
-        chosen = {k: v for k, v in values.items() if k in names}
-        if "initial_lr_range" in chosen:
-            chosen["initial_lr_range"] = tuple(chosen["initial_lr_range"])
-        if "data" in chosen:
-            chosen["data"] = path_or_uri(chosen["data"])
-        return cls(**chosen)
-
-    def __post_init__(self) -> None:
-        # Frozen: resolved once, so that the files and the scheduler see the direction.
-        object.__setattr__(self, "mode", resolved_mode(self.metric, self.mode))
-
-    def shared_training(self, **scale: Any) -> TrainConfig:
-        """The training settings every member shares; ``scale`` adds the others (workers, CPUs, checkpoints)."""
-        return TrainConfig(
-            optimizer=self.optimizer,
-            batch_size=self.batch_size,
-            weight_decay=self.weight_decay,
-            label_smoothing=self.label_smoothing,
-            channels=self.channels,
-            augment=self.augment,
-            epochs=self.epochs,
-            seed=self.seed,
-            metric=self.metric,
-            mode=self.mode,
-            **scale,
-        )
+        """The config from flat keys (a mapping or namespace): its fields and ``TRAINING_KEYS``; others ignored."""
+        return from_flat(cls, values, TRAINING_KEYS)
 
     def settings(self) -> dict[str, Any]:
-        """The experiment's settings as plain values (the files it keeps), without the invocation's."""
-        return {k: plain_setting(v) for k, v in dataclasses.asdict(self).items() if k not in INVOCATION_ONLY}
+        """The experiment's settings as flat plain values (the files it keeps), without the invocation's."""
+        return to_flat(self, TRAINING_KEYS, INVOCATION_ONLY)
 
 
 @dataclass(frozen=True)
@@ -159,13 +152,14 @@ def tune_experiment(config: ExperimentConfig) -> ExperimentResult:
     connect(config.address, config.num_cpus)
     inputs = build_inputs(source)
     base, concurrent = _member_config(config)
+    training = config.training
     with local_staging(results, "tune-results-") as staging:
         staging.mkdir(parents=True, exist_ok=True)
         if not config.resume:
             _keep_settings(config, results, staging)
         print(
-            f"PBT: {config.population} members x {config.epochs} epochs, perturbation every "
-            f"{config.perturbation_interval}, {concurrent} at a time, {config.workers_per_trial} worker(s) x "
+            f"PBT: {config.population} members x {training.epochs} epochs, perturbation every "
+            f"{config.perturbation_interval}, {concurrent} at a time, {training.num_workers} worker(s) x "
             f"{base.cpus_per_worker:g} CPU each; data {shown(config.data)} ({inputs.rows['train']} train patches); "
             f"results {results}",
             flush=True,
@@ -216,7 +210,8 @@ def _experiment(config: ExperimentConfig) -> tuple[ExperimentConfig, Location]:
         config = dataclasses.replace(saved_config, **here)
     else:
         if config.smoke_test:
-            config = dataclasses.replace(config, population=2, epochs=4, perturbation_interval=2, channels=16)
+            smaller = config.training.replace(epochs=4, channels=16)
+            config = dataclasses.replace(config, population=2, perturbation_interval=2, training=smaller)
         if results.join(TUNE_DIR).exists() and not config.overwrite:
             raise FileExistsError(f"{results}: already holds an experiment; pass --resume, --overwrite or --results")
     _validate(config)
@@ -224,24 +219,20 @@ def _experiment(config: ExperimentConfig) -> tuple[ExperimentConfig, Location]:
 
 
 def _validate(config: ExperimentConfig) -> None:
+    """Refuse impossible experiment settings in one line (the training ones TrainConfig checked already)."""
     problems = []
+    epochs = config.training.epochs
     if config.population < 2:
         problems.append(f"--population must be at least 2, got {config.population}")
-    if config.perturbation_interval < 1 or config.perturbation_interval > config.epochs:
-        problems.append(f"--perturbation-interval must lie in 1..--epochs ({config.epochs})")
+    if config.perturbation_interval < 1 or config.perturbation_interval > epochs:
+        problems.append(f"--perturbation-interval must lie in 1..--epochs ({epochs})")
     low, high = config.initial_lr_range
     if not (0 < low <= high and math.isfinite(high)):
         problems.append(f"--initial-lr-range needs 0 < LOW <= HIGH, both finite, got {low} {high}")
-    if config.workers_per_trial < 1:
-        problems.append("--workers-per-trial must be at least 1")
     if config.cpus_per_worker is not None and not (
         math.isfinite(config.cpus_per_worker) and config.cpus_per_worker > 0
     ):
         problems.append(f"--cpus-per-worker must be a finite number > 0, got {config.cpus_per_worker}")
-    try:  # the members' shared settings, checked as TrainConfig will check them, before Ray starts
-        config.shared_training(num_workers=config.workers_per_trial)
-    except ValueError as err:
-        problems.append(str(err))
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -259,12 +250,12 @@ def size_members(cpus: float, population: int, workers: int, requested: float | 
     return share, concurrent
 
 
-def build_pbt_record(member_logs: dict[str, list[dict[str, Any]]], config: Any, best_trial: str) -> dict:
+def build_pbt_record(member_logs: dict[str, list[dict[str, Any]]], config: ExperimentConfig, best_trial: str) -> dict:
     """The per-member record of ``pbt.json``: configs over time, exploits (donor and epoch), final metrics.
 
     Args:
         member_logs: Each trial's report rows (``members/*.jsonl``).
-        config: The experiment's settings (an :class:`ExperimentConfig` or anything with its attributes).
+        config: The experiment's settings.
         best_trial: The shipped ensemble's best member.
     """
     keep = ("epoch", *NAMES, "val_acc", "val_loss", "val_macro_f1", "train_loss", "diverged")
@@ -292,10 +283,10 @@ def build_pbt_record(member_logs: dict[str, list[dict[str, Any]]], config: Any, 
             "final": {k: history[-1][k] for k in ("epoch", "val_acc", "val_loss", "diverged")},
         }
     return {
-        "metric": config.metric,
-        "mode": config.mode,
+        "metric": config.training.metric,
+        "mode": config.training.mode,
         "population": config.population,
-        "epochs": config.epochs,
+        "epochs": config.training.epochs,
         "perturbation_interval": config.perturbation_interval,
         "best_trial": best_trial,
         "trials": trials,
@@ -304,19 +295,14 @@ def build_pbt_record(member_logs: dict[str, list[dict[str, Any]]], config: Any, 
 
 def _member_config(config: ExperimentConfig) -> tuple[TrainConfig, int]:
     """The members' shared training settings, sized to the connected cluster, and how many members run at once."""
-    if config.gpu and cluster_gpus() < config.workers_per_trial:
-        raise ValueError(
-            f"--gpu needs {config.workers_per_trial} GPUs per member; the cluster has {cluster_gpus():.0f}"
-        )
-    share, concurrent = size_members(
-        cluster_cpus(), config.population, config.workers_per_trial, config.cpus_per_worker
-    )
-    if config.gpu:  # members are sized by GPUs: each worker holds one for the whole experiment
-        concurrent = max(1, min(config.population, int(cluster_gpus() // config.workers_per_trial)))
-    base = config.shared_training(
-        num_workers=config.workers_per_trial,
+    workers = config.training.num_workers
+    if config.training.gpu and cluster_gpus() < workers:
+        raise ValueError(f"--gpu needs {workers} GPUs per member; the cluster has {cluster_gpus():.0f}")
+    share, concurrent = size_members(cluster_cpus(), config.population, workers, config.cpus_per_worker)
+    if config.training.gpu:  # members are sized by GPUs: each worker holds one for the whole experiment
+        concurrent = max(1, min(config.population, int(cluster_gpus() // workers)))
+    base = config.training.replace(
         cpus_per_worker=share,
-        use_gpu=config.gpu,
         # A member reports a checkpoint every epoch (4.3 MB, 11-16 ms to write and copy here), so that a member in
         # trouble can be replaced by the best member's latest state at once; Train keeps the latest two, Tune
         # copies what it needs.
@@ -340,7 +326,8 @@ def _make_tuner(
         return tune.Tuner.restore(results.join(TUNE_DIR).uri, trainable=trainable, resume_errored=True)
     options = PopulationOptions(unstable=not config.stable_start, lr_range=tuple(config.initial_lr_range), base=base)
     members = initial_population(config.population, options)
-    scheduler = make_scheduler(config.perturbation_interval, config.seed, num_classes, config.metric, config.mode)
+    training = config.training
+    scheduler = make_scheduler(config.perturbation_interval, training.seed, num_classes, training.metric, training.mode)
     return tune.Tuner(
         trainable,
         param_space={
@@ -368,7 +355,7 @@ def _make_tuner(
             failure_config=tune.FailureConfig(max_failures=1),
             # Tune's boxed tables (a box per report) drown the story; PopulationProgress prints a line instead.
             verbose=0,
-            callbacks=[PopulationProgress(config.epochs, staging / TENSORBOARD_DIR)],
+            callbacks=[PopulationProgress(training.epochs, staging / TENSORBOARD_DIR)],
         ),
     )
 
@@ -383,7 +370,8 @@ def _ship(
         RuntimeError: No member left a checkpoint.
     """
     errors = [str(e).splitlines()[0] for e in grid.errors]
-    unfinished = [r for r in grid if r.error is None and (r.metrics or {}).get("epoch", 0) < config.epochs]
+    metric, mode = config.training.metric, config.training.mode
+    unfinished = [r for r in grid if r.error is None and (r.metrics or {}).get("epoch", 0) < config.training.epochs]
     if unfinished:
         raise ExperimentInterrupted(
             f"{results}: interrupted with {len(unfinished)} member(s) unfinished; continue with "
@@ -393,12 +381,10 @@ def _ship(
     if not finished:
         raise RuntimeError(f"no member left a checkpoint; errors: {errors or 'none'}")
     # The shipped ensemble: the final population's healthy members, best first (the best alone if none is healthy).
-    ranked = rank_members({trial_id: r.metrics for trial_id, r in finished.items()}, config.metric, config.mode)
+    ranked = rank_members({trial_id: r.metrics for trial_id, r in finished.items()}, metric, mode)
     chosen = [finished[trial_id] for trial_id in ranked]
     best, best_trial = chosen[0], ranked[0]
-    members = [
-        {"trial_id": trial_id, config.metric: finished[trial_id].metrics.get(config.metric)} for trial_id in ranked
-    ]
+    members = [{"trial_id": trial_id, metric: finished[trial_id].metrics.get(metric)} for trial_id in ranked]
     with contextlib.ExitStack() as stack:
         checkpoint_dirs = [stack.enter_context(r.checkpoint.as_directory()) for r in chosen]
         metrics = evaluate_members(checkpoint_dirs, inputs.test)

@@ -22,12 +22,13 @@ from data import DEFAULT_DATASET_DIR
 from data.atomic import write_json_atomic
 from data.storage import Location, as_user_path, joined, local_copy, local_staging, path_or_uri, shown
 from workflows.jobs.inputs import build_inputs, open_inputs
+from workflows.jobs.settings import from_flat, to_flat
 from workflows.serving.baselines import format_test_summary, run_baselines
 from workflows.serving.bundle import BUNDLE_DIR, export_bundle
 from workflows.serving.evaluate import TEST_METRICS_FILE, VARIANT_METRICS, evaluate_members
 from workflows.training.cluster import cluster_gpus, connect
 from workflows.training.config import TrainConfig, results_location
-from workflows.training.config_file import CONFIG_FILE, plain_setting, write_config
+from workflows.training.config_file import CONFIG_FILE, write_config
 from workflows.training.launch import TrainingOutcome, run_training, unique_run_name
 from workflows.tuning.progress import TENSORBOARD_DIR, EpochCurves, report_line
 
@@ -35,8 +36,8 @@ HISTORY_FILE = "history.json"
 RAY_DIR = "ray"
 # Settings about one invocation, not the run: never kept in the run's config file.
 INVOCATION_ONLY = ("overwrite",)
-# The config-file key (and flag) of ``TrainConfig.use_gpu``.
-GPU_KEY = "gpu"
+# A run lets its user set every training field.
+TRAINING_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
 @dataclass(frozen=True)
@@ -52,29 +53,17 @@ class TrainJob:
     num_cpus: int | None = None  # CPUs of a new local cluster (None: all)
     training: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", path_or_uri(self.data))  # frozen: a folder as a Path, a URI as typed
+
     @classmethod
     def from_mapping(cls, values: Any) -> TrainJob:
-        """The job from flat keys (a mapping or namespace): this class's fields and :class:`TrainConfig`'s.
-
-        ``gpu`` stands for ``TrainConfig.use_gpu``; other keys are ignored.
-        """
-        values = dict(vars(values) if not isinstance(values, dict) else values)
-        if GPU_KEY in values:
-            values["use_gpu"] = values.pop(GPU_KEY)
-        train_names = {f.name for f in dataclasses.fields(TrainConfig)}
-        job_names = {f.name for f in dataclasses.fields(cls)} - {"training"}
-        training = TrainConfig(**{k: v for k, v in values.items() if k in train_names})
-        job = {k: v for k, v in values.items() if k in job_names}
-        if "data" in job:
-            job["data"] = path_or_uri(job["data"])
-        return cls(**job, training=training)
+        """The job from flat keys (a mapping or namespace): this class's fields and :class:`TrainConfig`'s."""
+        return from_flat(cls, values, TRAINING_KEYS)
 
     def settings(self) -> dict[str, Any]:
         """Flat plain values with the flags' names (the run's ``config.yaml``), without the invocation's."""
-        body = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "training"}
-        for name, value in self.training.to_dict().items():
-            body[GPU_KEY if name == "use_gpu" else name] = value
-        return {k: plain_setting(v) for k, v in body.items() if k not in INVOCATION_ONLY}
+        return to_flat(self, TRAINING_KEYS, INVOCATION_ONLY)
 
 
 @dataclass(frozen=True)
@@ -111,7 +100,7 @@ def train_run(job: TrainJob) -> TrainResult:
     results = _results_location(job)
     source = open_inputs(job.data)  # footers and ids, checked before Ray starts
     connect(job.address, job.num_cpus)
-    if cfg.use_gpu and cluster_gpus() < cfg.num_workers:
+    if cfg.gpu and cluster_gpus() < cfg.num_workers:
         raise ValueError(f"--gpu asks for {cfg.num_workers} GPUs, the cluster has {cluster_gpus():.0f}")
     inputs = build_inputs(source)
     meta, rows = inputs.metadata, inputs.rows

@@ -41,7 +41,7 @@ class TrainConfig:
         batch_size: Global batch size, split evenly across workers.
         seed: Seeds model initialisation and anything else random in the worker.
         num_workers: Ray Train workers (data-parallel replicas).
-        use_gpu: Put each worker on a GPU.
+        gpu: Put each worker on a GPU.
         cpus_per_worker: CPUs reserved by each worker; also its torch thread count.
         channels: Width of the ResNet (stem channels).
         dropout: Dropout at the end of each residual block (the head has its own, ``ResNetConfig.head_dropout``).
@@ -66,7 +66,7 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 0
     num_workers: int = 2
-    use_gpu: bool = False
+    gpu: bool = False
     cpus_per_worker: float = 1.0
     channels: int = 64
     dropout: float = 0.1
@@ -110,14 +110,10 @@ class TrainConfig:
         """Plain dict for the Ray boundary."""
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, body: dict[str, Any]) -> TrainConfig:
-        """Build from a plain dict, ignoring keys this version does not know."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in body.items() if k in names})
-
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed."""
+        """A copy with some fields changed; a new ``metric`` without a ``mode`` takes its own direction."""
+        if "metric" in changes:
+            changes.setdefault("mode", None)
         return dataclasses.replace(self, **changes)
 
     @property

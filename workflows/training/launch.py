@@ -248,8 +248,8 @@ def _start_run(
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+            use_gpu=cfg.gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.gpu else {})},
         ),
         datasets=datasets,
         # Validation is never split: streaming_split(equal=True) would drop the remainder rows. Nor is training data

@@ -306,7 +306,7 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     control = config.get("control")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    if not cfg.use_gpu:
+    if not cfg.gpu:
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
 
     model, model_cfg, optimizer, device = _build_worker_model(metadata, cfg, rank)

@@ -22,26 +22,31 @@ def test_a_namespace_becomes_a_frozen_config_and_unknown_keys_are_ignored():
     args = build_parser().parse_args(["--population", "3", "--initial-lr-range", "0.01", "0.1"])
     config = ExperimentConfig.from_mapping(args)
     assert config.population == 3 and config.initial_lr_range == (0.01, 0.1)
-    assert ExperimentConfig.from_mapping({"epochs": 7, "print_config": False}).epochs == 7
+    assert ExperimentConfig.from_mapping({"epochs": 7, "print_config": False}).training.epochs == 7
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.epochs = 1
+        config.population = 1
 
 
 def test_the_smoke_test_shrinks_the_experiment(tmp_path):
     config, results = _experiment(ExperimentConfig(smoke_test=True, results=str(tmp_path / "exp")))
-    assert (config.population, config.epochs, config.perturbation_interval, config.channels) == (2, 4, 2, 16)
+    shape = (config.population, config.training.epochs, config.perturbation_interval, config.training.channels)
+    assert shape == (2, 4, 2, 16)
     assert results.path == str((tmp_path / "exp").resolve())
 
 
 def test_resume_takes_the_saved_experiment_with_this_invocations_folder_and_cluster(tmp_path):
     results = tmp_path / "exp"
     results.mkdir()
-    saved = ExperimentConfig(population=3, epochs=9, perturbation_interval=3, results="/elsewhere", num_cpus=8)
+    saved = ExperimentConfig.from_mapping(
+        dict(population=3, epochs=9, perturbation_interval=3, results="/elsewhere", num_cpus=8)
+    )
     (results / EXPERIMENT_FILE).write_text(json.dumps(saved.settings()))
-    asked = ExperimentConfig(resume=True, results=str(results), address="local", num_cpus=2, epochs=99)
+    asked = ExperimentConfig.from_mapping(
+        dict(resume=True, results=str(results), address="local", num_cpus=2, epochs=99)
+    )
     config, folder = _experiment(asked)
     assert folder.path == str(results.resolve())
-    assert (config.population, config.epochs, config.perturbation_interval) == (3, 9, 3)
+    assert (config.population, config.training.epochs, config.perturbation_interval) == (3, 9, 3)
     assert (config.results, config.address, config.num_cpus, config.resume) == (str(results), "local", 2, True)
     assert isinstance(config.data, Path) and isinstance(config.initial_lr_range, tuple)
     assert not set(INVOCATION_ONLY) & set(saved.settings())

@@ -65,7 +65,11 @@ def test_a_tune_population_keeps_its_checkpoints_and_member_logs_in_s3(store, tm
     monkeypatch.chdir(tmp_path)
     results = f"{store}/experiment"
     config = ExperimentConfig(
-        data=f"{store}/default", results=results, population=2, epochs=4, perturbation_interval=2, channels=16
+        data=f"{store}/default",
+        results=results,
+        population=2,
+        perturbation_interval=2,
+        training=ExperimentConfig().training.replace(epochs=4, channels=16),
     )
     outcome = tune_experiment(config)
     assert outcome.results == results
@@ -91,10 +95,10 @@ def test_resume_reads_the_saved_experiment_from_the_store(s3_server):
     from workflows.jobs.experiment import EXPERIMENT_FILE, _experiment
 
     bucket = s3_server.bucket("resumable")
-    saved = ExperimentConfig(population=3, epochs=7, perturbation_interval=3, channels=16)
+    saved = ExperimentConfig.from_mapping(dict(population=3, epochs=7, perturbation_interval=3, channels=16))
     locate(f"{bucket}/exp/{EXPERIMENT_FILE}").write_bytes(json.dumps(saved.settings()).encode())
     config, results = _experiment(ExperimentConfig(results=f"{bucket}/exp", resume=True))
-    assert (config.population, config.epochs, config.channels) == (3, 7, 16)
+    assert (config.population, config.training.epochs, config.training.channels) == (3, 7, 16)
     assert results.uri == f"{bucket}/exp"
     with pytest.raises(ValueError, match=rf"^{bucket}/empty: nothing to resume"):
         _experiment(ExperimentConfig(results=f"{bucket}/empty", resume=True))

@@ -39,7 +39,7 @@ def test_a_training_state_round_trips_and_rebuilds_the_network(tmp_path):
     save_checkpoint(tmp_path, state)
     loaded = load_checkpoint(tmp_path)
     assert (loaded["epoch"], loaded["command"], loaded["metrics"]) == (3, 5, {"val_acc": 0.5})
-    assert TrainConfig.from_dict(loaded["train_config"]) == TrainConfig(lr=0.01, augment="flips")
+    assert TrainConfig(**loaded["train_config"]) == TrainConfig(lr=0.01, augment="flips")
     assert PatchMetadata.from_json(loaded["metadata"]) == METADATA
     assert BandStats.from_dict(loaded["band_stats"]).mean.tolist() == [0.0, 1.0, 2.0, 3.0]
     # The wrapper's prefix is not saved (DDP wraps the same way): the bare network loads the weights.

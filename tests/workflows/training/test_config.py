@@ -36,8 +36,8 @@ def test_a_local_results_folder_is_resolved(tmp_path, monkeypatch):
 def test_augmentation_defaults_to_d4_and_survives_the_ray_boundary():
     assert TrainConfig().augment == "d4" and AUGMENTATIONS == ("d4", "flips", "none")
     flips = TrainConfig(augment="flips")
-    assert TrainConfig.from_dict(flips.to_dict()) == flips
-    assert TrainConfig.from_dict({"lr": 1e-3}).augment == "d4"  # a checkpoint from before the option
+    assert TrainConfig(**flips.to_dict()) == flips
+    assert TrainConfig(lr=1e-3).augment == "d4"
 
 
 def test_unknown_augmentation_is_refused_in_one_line():

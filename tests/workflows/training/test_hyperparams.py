@@ -71,8 +71,7 @@ ONE_MORE = textwrap.dedent(
     import numpy as np
     from workflows.training import loop
     from workflows.tuning import pbt, progress, report
-    from workflows.jobs.experiment import build_pbt_record
-    from workflows import tune as tune_job
+    from workflows.jobs.experiment import ExperimentConfig, build_pbt_record
     from workflows.training.config import TrainConfig
 
     out = {}
@@ -93,8 +92,7 @@ ONE_MORE = textwrap.dedent(
     out["line"] = progress.report_line(metrics, 10)
     rows = [dict(metrics, exploited_from="", restored_epoch=0),
             dict(metrics, epoch=2, weight_decay=0.02, exploited_from="t0", restored_epoch=1)]
-    args = tune_job.build_parser().parse_args([])
-    record = build_pbt_record({"t1": rows, "t0": rows[:1]}, args, "t0")
+    record = build_pbt_record({"t1": rows, "t0": rows[:1]}, ExperimentConfig(), "t0")
     out["record"] = [record["trials"]["t1"]["final_config"]["weight_decay"],
                      record["trials"]["t1"]["exploits"][0]["weight_decay"]]
     out["summary"] = report.format_summary(record)
