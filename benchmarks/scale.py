@@ -67,7 +67,8 @@ from benchmarks.common import (  # noqa: E402
 )
 from data.atomic import write_file_atomic  # noqa: E402
 from data.format import PARQUET_SUFFIX, to_table, write_split  # noqa: E402
-from data.synthetic import default_metadata, generate  # noqa: E402
+from data.landcover import default_metadata  # noqa: E402
+from data.synthetic import generate  # noqa: E402
 from workflows.jobs.training_run import HISTORY_FILE  # noqa: E402
 from workflows.serving.bundle import BUNDLE_DIR  # noqa: E402
 
