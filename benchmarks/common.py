@@ -30,8 +30,10 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from data.format import PIXELS, PatchDataset, PatchSplit, check_rows, read_file_info, stratified_split
+from data.format import PIXELS, PatchDataset, PatchSplit
 from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats, D4Collate, compute_band_stats, normalise
+from data.reading import check_rows, read_file_info
+from data.splitting import stratified_split
 from workflows.serving.bundle import load_bundle
 from workflows.serving.evaluate import classification_metrics
 from workflows.training.config import TrainConfig

@@ -35,7 +35,8 @@ import ray
 import torch
 from torch import nn
 
-from data.format import PatchDataset, read_dataset
+from data.folder import read_dataset
+from data.format import PatchDataset
 from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, D4Collate, compute_band_stats, normalise
 from workflows.jobs.experiment import ExperimentConfig, format_outcome, tune_experiment
 from workflows.serving.evaluate import predict_probabilities

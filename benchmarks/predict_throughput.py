@@ -20,9 +20,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import plain_predict, run_predict  # noqa: E402
-from data.format import write_split  # noqa: E402
 from data.pipeline import compute_band_stats  # noqa: E402
 from data.synthetic import generate  # noqa: E402
+from data.writing import write_split  # noqa: E402
 from resnet import ResNet, ResNetConfig  # noqa: E402
 from workflows.serving.bundle import export_bundle  # noqa: E402
 from workflows.training.checkpoint import save_checkpoint  # noqa: E402

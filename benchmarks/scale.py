@@ -66,9 +66,10 @@ from benchmarks.common import (  # noqa: E402
     predict_summary,
 )
 from data.atomic import write_file_atomic  # noqa: E402
-from data.format import PARQUET_SUFFIX, to_table, write_split  # noqa: E402
+from data.format import PARQUET_SUFFIX  # noqa: E402
 from data.landcover import default_metadata  # noqa: E402
 from data.synthetic import generate  # noqa: E402
+from data.writing import to_table, write_split  # noqa: E402
 from workflows.jobs.training_run import HISTORY_FILE  # noqa: E402
 from workflows.serving.bundle import BUNDLE_DIR  # noqa: E402
 
@@ -105,7 +106,7 @@ PREDICT_E2E_TARGET = 0.6  # end to end (the subprocess's wall time)
 # Train.py through the in-memory path: the job's reader replaced by the whole-dataset reader and its inputs built from
 # the arrays (benchmarks.common.in_memory_inputs), nothing else changed.
 IN_MEMORY_TRAIN = (
-    "import sys; import workflows.jobs.training_run as run; from data.format import read_dataset; "
+    "import sys; import workflows.jobs.training_run as run; from data.folder import read_dataset; "
     "from benchmarks.common import in_memory_inputs; run.open_inputs = read_dataset; "
     "run.build_inputs = in_memory_inputs; from workflows.train import main; sys.exit(main(sys.argv[1:]))"
 )

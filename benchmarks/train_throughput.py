@@ -39,7 +39,8 @@ if __package__ in (None, ""):
 
 from benchmarks.common import median_after_warmup  # noqa: E402
 from data import DEFAULT_DATASET_DIR  # noqa: E402
-from data.format import PatchDataset, read_dataset  # noqa: E402
+from data.folder import read_dataset  # noqa: E402
+from data.format import PatchDataset  # noqa: E402
 from data.pipeline import (  # noqa: E402
     LABEL_COLUMN,
     PIXELS_COLUMN,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from data import DEFAULT_DATASET_DIR
-from data.format import read_dataset
+from data.folder import read_dataset
 from data.pipeline import (
     AUGMENTATIONS,
     LABEL_COLUMN,

@@ -9,7 +9,8 @@ import pytest
 from ray.data.dataset import MaterializedDataset
 
 from data import DEFAULT_DATASET_DIR
-from data.format import PatchFormatError, PatchRowError, read_dataset, write_split
+from data.folder import read_dataset
+from data.format import PatchFormatError, PatchRowError
 from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, compute_band_stats, normalise
 from data.streaming import (
     combine_moments,
@@ -19,6 +20,7 @@ from data.streaming import (
     streamed_band_stats,
 )
 from data.synthetic import generate
+from data.writing import write_split
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 import data.synthetic as synthetic
 from data import DEFAULT_DATASET_DIR
-from data.format import read_dataset
+from data.folder import read_dataset
 from data.landcover import (
     CLASSES,
     DEFAULT_COUNTS,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from data import DEFAULT_DATASET_DIR
-from data.format import read_dataset
+from data.folder import read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
 from workflows.training.checkpoint import load_checkpoint
 from workflows.training.config import TrainConfig

@@ -7,7 +7,7 @@ import ray
 from ray.util.placement_group import placement_group, placement_group_table
 
 from data import DEFAULT_DATASET_DIR
-from data.format import read_dataset
+from data.folder import read_dataset
 from data.pipeline import build_ray_datasets, compute_band_stats
 from workflows.training.config import GRAD_CLIP, LR, TrainConfig
 from workflows.training.launch import MemberRun, unique_run_name
