@@ -26,7 +26,7 @@ from ray.exceptions import UserCodeException
 
 from data.folder import check_ids_across_splits, check_split_metadata, split_files
 from data.format import LABEL, PATCH_ID, PIXELS, SPLITS, PatchFileInfo, PatchFormatError, PatchMetadata, PatchRowError
-from data.pipeline import DEFAULT_BLOCKS, LABEL_COLUMN, MIN_STD, PIXELS_COLUMN, BandStats, normalise
+from data.pipeline import LABEL_COLUMN, MIN_STD, PIXELS_COLUMN, BandStats, normalise
 from data.reading import check_rows, read_file_info, read_labels, read_patch_ids
 from data.splitting import DEFAULT_SPLIT_SEED, carve_rows
 from data.storage import locate, shown
@@ -34,6 +34,9 @@ from data.storage import locate, shown
 # Largest share of the cluster's object-store memory that the materialised splits (normalised float32 pixels) may
 # take together; beyond it every split is streamed from Parquet on each pass. PBT members share one copy.
 MATERIALIZE_SHARE = 0.3
+# Blocks of each materialised split: enough that two or more workers each get several, and that shuffling blocks
+# mixes the order.
+DEFAULT_BLOCKS = 8
 # Rows per batch of the driver's own pass over a split (the baselines), about 14 MB of the default dataset's patches.
 DRIVER_BATCH_ROWS = 4096
 
