@@ -35,7 +35,8 @@ if __package__ in (None, ""):
 
 from benchmarks.common import NormalisedData, format_table, mean_sd, train_resnet  # noqa: E402
 from data import DEFAULT_DATASET_DIR  # noqa: E402
-from data.format import PatchDataset, read_dataset  # noqa: E402
+from data.folder import read_dataset  # noqa: E402
+from data.format import PatchDataset  # noqa: E402
 from workflows.serving.baselines import (  # noqa: E402
     FOREST_SEED,
     FOREST_TREES,

@@ -30,8 +30,10 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from data.format import PIXELS, PatchDataset, PatchSplit, check_rows, read_file_info, stratified_split
-from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats, D4Collate, compute_band_stats, normalise
+from data.format import PIXELS, PatchDataset, PatchSplit
+from data.pipeline import LABEL_COLUMN, MIN_STD, PIXELS_COLUMN, BandStats, D4Collate, normalise
+from data.reading import check_rows, read_file_info
+from data.splitting import stratified_split
 from workflows.serving.bundle import load_bundle
 from workflows.serving.evaluate import classification_metrics
 from workflows.training.config import TrainConfig
@@ -194,7 +196,7 @@ class NormalisedData:
     @classmethod
     def from_dataset(cls, dataset: PatchDataset) -> NormalisedData:
         """Compute the training statistics and normalise every labelled split with them."""
-        stats = compute_band_stats(dataset.train.pixels)
+        stats = band_stats(dataset.train.pixels)
         splits: dict[str, PatchSplit] = {k: s for k, s in dataset.splits.items() if s.labels is not None}
         return cls(
             stats=stats,
@@ -423,19 +425,39 @@ def checkout_env() -> dict[str, str]:
     return env
 
 
-def in_memory_inputs(dataset: PatchDataset) -> Any:
-    """The jobs' inputs built the way they were before Ray Data read the Parquet (the baseline of the scale benchmark).
+def band_stats(pixels: np.ndarray) -> BandStats:
+    """Per-band statistics of pixels (N, C, H, W) held in memory: what the jobs stream, for the plain PyTorch side."""
+    values = np.asarray(pixels, dtype=np.float64)
+    return BandStats(mean=values.mean(axis=(0, 2, 3)), std=np.maximum(values.std(axis=(0, 2, 3)), MIN_STD))
 
-    Every split's pixels in this process, statistics from them, Ray datasets from the arrays
-    (:func:`data.pipeline.build_ray_datasets`), the test split and the baselines in memory.
+
+def in_memory_inputs(dataset: PatchDataset) -> Any:
+    """The jobs' inputs built from arrays in this process: the scale benchmark's reference for the streaming path.
+
+    Every split's pixels in this process, statistics from them, Ray datasets made from the normalised arrays
+    (materialised in blocks, the training split in a shuffled block order, as the streaming path keeps a split that
+    fits the object store), the test split and the baselines in memory.
     """
-    from data.pipeline import build_ray_datasets
+    import ray.data
+    from ray.data.extensions import ArrowTensorArray
+
+    from data.streaming import DEFAULT_BLOCKS
     from workflows.jobs.inputs import JobInputs
     from workflows.serving.baselines import BaselineData
     from workflows.serving.evaluate import labelled_batches
 
-    stats = compute_band_stats(dataset.train.pixels)
+    stats = band_stats(dataset.train.pixels)
     rows = {name: len(split) for name, split in dataset.splits.items()}
-    datasets = build_ray_datasets(dataset, stats)
+    datasets = {}
+    for name in ("train", "val"):
+        split = dataset.splits[name]
+        table = pa.table(
+            {
+                PIXELS_COLUMN: ArrowTensorArray.from_numpy(normalise(split.pixels, stats)),
+                LABEL_COLUMN: pa.array(split.labels, type=pa.int64()),
+            }
+        )
+        ds = ray.data.from_arrow(table).repartition(min(DEFAULT_BLOCKS, len(split))).materialize()
+        datasets[name] = ds.randomize_block_order() if name == "train" else ds
     test = labelled_batches(dataset.test)
     return JobInputs(dataset.metadata, rows, stats, datasets, test, BaselineData.from_dataset(dataset))

@@ -31,7 +31,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import DEFAULT_DATASET_DIR  # noqa: E402
-from data.format import PatchDataset, read_dataset  # noqa: E402
+from data.folder import read_dataset  # noqa: E402
+from data.format import PatchDataset  # noqa: E402
 from data.synthetic import PRESETS  # noqa: E402
 
 FOREST_TREES = 300

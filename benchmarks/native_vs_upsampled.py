@@ -29,7 +29,7 @@ if __package__ in (None, ""):
 from benchmarks.common import NormalisedData, TrainResult, accuracy, format_table, subset, train_resnet  # noqa: E402
 from benchmarks.model_cost import UPSAMPLED, cost  # noqa: E402
 from data import DEFAULT_DATASET_DIR  # noqa: E402
-from data.format import read_dataset  # noqa: E402
+from data.folder import read_dataset  # noqa: E402
 from resnet import ResNetConfig  # noqa: E402
 from workflows.training.config import TrainConfig  # noqa: E402
 

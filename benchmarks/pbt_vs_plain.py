@@ -35,8 +35,9 @@ import ray
 import torch
 from torch import nn
 
-from data.format import PatchDataset, read_dataset
-from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, D4Collate, compute_band_stats, normalise
+from data.folder import read_dataset
+from data.format import PatchDataset
+from data.pipeline import LABEL_COLUMN, MIN_STD, PIXELS_COLUMN, BandStats, D4Collate, normalise
 from workflows.jobs.experiment import ExperimentConfig, format_outcome, tune_experiment
 from workflows.serving.evaluate import predict_probabilities
 from workflows.training.cluster import connect
@@ -224,7 +225,8 @@ def plain_pbt(dataset: PatchDataset, base: TrainConfig, schedule: list[Member], 
     order = plan(schedule)
     started = time.perf_counter()
     torch.set_num_threads(threads)
-    stats = compute_band_stats(dataset.train.pixels)
+    pixels = dataset.train.pixels.astype(np.float64)  # (N, C, H, W); the statistics the job streams, in memory
+    stats = BandStats(pixels.mean(axis=(0, 2, 3)), np.maximum(pixels.std(axis=(0, 2, 3)), MIN_STD))
     train_x, train_y = normalise(dataset.train.pixels, stats), dataset.train.labels.astype(np.int64)
     val_x, val_y = normalise(dataset.val.pixels, stats), dataset.val.labels.astype(np.int64)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=base.label_smoothing)

@@ -41,7 +41,8 @@ if __package__ in (None, ""):
 
 from benchmarks.pbt_vs_plain import Member, Row, plain_pbt, start_ray  # noqa: E402
 from data import DEFAULT_DATASET_DIR  # noqa: E402
-from data.format import PatchDataset, PatchFormatError, read_dataset  # noqa: E402
+from data.folder import read_dataset  # noqa: E402
+from data.format import PatchDataset, PatchFormatError  # noqa: E402
 from workflows.jobs.experiment import TUNE_DIR, ExperimentConfig, format_outcome, tune_experiment  # noqa: E402
 from workflows.serving.evaluate import evaluate_checkpoint  # noqa: E402
 from workflows.training.config import TrainConfig  # noqa: E402

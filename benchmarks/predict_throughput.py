@@ -19,10 +19,9 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import plain_predict, run_predict  # noqa: E402
-from data.format import write_split  # noqa: E402
-from data.pipeline import compute_band_stats  # noqa: E402
+from benchmarks.common import band_stats, plain_predict, run_predict  # noqa: E402
 from data.synthetic import generate  # noqa: E402
+from data.writing import write_split  # noqa: E402
 from resnet import ResNet, ResNetConfig  # noqa: E402
 from workflows.serving.bundle import export_bundle  # noqa: E402
 from workflows.training.checkpoint import save_checkpoint  # noqa: E402
@@ -48,7 +47,7 @@ def make_inputs(folder: Path, patches: int) -> tuple[Path, Path]:
             "model": model.state_dict(),
             "optimizer": torch.optim.AdamW(model.parameters()).state_dict(),
             "epoch": 0,
-            "band_stats": compute_band_stats(dataset.test.pixels).to_dict(),
+            "band_stats": band_stats(dataset.test.pixels).to_dict(),
             "model_config": config.to_dict(),
             "train_config": {},
             "metadata": dataset.metadata.to_json(),

@@ -8,8 +8,8 @@ checkout under GNU ``/usr/bin/time -v`` on its own local Ray cluster (``--addres
 * ``workflows/train.py --num-workers 1 --epochs E`` on the dataset folder (train/val/test files: the Ray Data
   streaming path). s/epoch is the median of history.json's ``epoch_seconds`` without epoch 1 (all of it when
   ``E`` is 1). At sizes up to 50,000 it also trains, in the same run, on the *in-memory path*: the same folder
-  read whole by ``data.format.read_dataset`` and fed through ``data.pipeline.build_ray_datasets``, as every folder
-  was read before Ray Data read the Parquet (the subprocess replaces ``workflows.jobs.training_run.open_inputs`` with
+  read whole by ``data.folder.read_dataset`` and fed to Ray Data from the arrays, as every folder was read before
+  Ray Data read the Parquet (the subprocess replaces ``workflows.jobs.training_run.open_inputs`` with
   ``read_dataset`` and its ``build_inputs`` with ``benchmarks.common.in_memory_inputs``; nothing else differs, so
   both train on the same rows).
 * ``workflows/predict.py --split train`` with the bundle that run exported (1M patches are predicted at 1M),
@@ -66,8 +66,10 @@ from benchmarks.common import (  # noqa: E402
     predict_summary,
 )
 from data.atomic import write_file_atomic  # noqa: E402
-from data.format import PARQUET_SUFFIX, to_table, write_split  # noqa: E402
-from data.synthetic import default_metadata, generate  # noqa: E402
+from data.format import PARQUET_SUFFIX  # noqa: E402
+from data.landcover import default_metadata  # noqa: E402
+from data.synthetic import generate  # noqa: E402
+from data.writing import to_table, write_split  # noqa: E402
 from workflows.jobs.training_run import HISTORY_FILE  # noqa: E402
 from workflows.serving.bundle import BUNDLE_DIR  # noqa: E402
 
@@ -104,7 +106,7 @@ PREDICT_E2E_TARGET = 0.6  # end to end (the subprocess's wall time)
 # Train.py through the in-memory path: the job's reader replaced by the whole-dataset reader and its inputs built from
 # the arrays (benchmarks.common.in_memory_inputs), nothing else changed.
 IN_MEMORY_TRAIN = (
-    "import sys; import workflows.jobs.training_run as run; from data.format import read_dataset; "
+    "import sys; import workflows.jobs.training_run as run; from data.folder import read_dataset; "
     "from benchmarks.common import in_memory_inputs; run.open_inputs = read_dataset; "
     "run.build_inputs = in_memory_inputs; from workflows.train import main; sys.exit(main(sys.argv[1:]))"
 )
@@ -600,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "compared: train.py s/epoch on the train/val/test folder (Ray Data streaming path) vs the same folder "
-        "through the in-memory path (read_dataset + build_ray_datasets), same rows, 1 worker x 1 CPU, median epoch "
+        "through the in-memory path (read_dataset + in_memory_inputs), same rows, 1 worker x 1 CPU, median epoch "
         f"seconds without epoch 1 of {args.epochs}; predict.py on the training split (--address local, "
         f"{'with' if args.tta else 'without'} TTA, e2e = subprocess wall time, Ray Data part = its inference "
         "seconds) vs plain batched PyTorch (bundle.predict_probabilities on the same file, inference only, best of "

@@ -47,7 +47,8 @@ from benchmarks.common import (  # noqa: E402
     train_resnet,
 )
 from data import DEFAULT_DATASET_DIR  # noqa: E402
-from data.format import PatchDataset, read_dataset  # noqa: E402
+from data.folder import read_dataset  # noqa: E402
+from data.format import PatchDataset  # noqa: E402
 from workflows.training.config import TrainConfig  # noqa: E402
 
 SEED_MODEL_FILE = REPO / "tests" / "resnet" / "seed_model.py"

@@ -2,11 +2,12 @@
 
 Both sides train the same ResNet (``TrainConfig`` defaults: width, batch size, AdamW, clipping) on the same
 normalised patches with the same D4 augmentation and the same per-step health guards
-(``workflows.training.loop.train_epoch``),
-and both validate after every epoch. The Ray side is the real code: ``workflows.training.launch.run_training`` with the
-Ray Data feed and Ray Train workers, once with 1 worker x 2 CPUs and once with 2 workers x 1 CPU; its per-epoch
-figure is the median of the reported ``epoch_seconds`` without epoch 1 (warm-up). The plain side runs in this
-process with ``torch.set_num_threads(2)``. Wall times include Ray start-up of each run (not the cluster's).
+(``workflows.training.loop.train_epoch``), and both validate after every epoch. The Ray side is the real code:
+``workflows.training.launch.run_training`` with the Ray Data feed the jobs build from the dataset folder (the large
+size is written to a temporary one first) and Ray Train workers, once with 1 worker x 2 CPUs and once with 2 workers
+x 1 CPU; its per-epoch figure is the median of the reported ``epoch_seconds`` without epoch 1 (warm-up). The plain
+side runs in this process with ``torch.set_num_threads(2)``. Wall times include Ray start-up of each run (not the
+cluster's).
 
 With ``--accuracy`` it instead trains ``workflows/train.py``'s defaults (``TrainConfig()``, 2 workers) for seeds
 0, 1 and 2 on the default dataset and prints the test accuracy of each best checkpoint, and their mean and sd.
@@ -37,19 +38,14 @@ from torch import nn
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import median_after_warmup  # noqa: E402
+from benchmarks.common import band_stats, median_after_warmup  # noqa: E402
 from data import DEFAULT_DATASET_DIR  # noqa: E402
-from data.format import PatchDataset, read_dataset  # noqa: E402
-from data.pipeline import (  # noqa: E402
-    LABEL_COLUMN,
-    PIXELS_COLUMN,
-    BandStats,
-    D4Collate,
-    build_ray_datasets,
-    compute_band_stats,
-    normalise,
-)
+from data.folder import read_dataset  # noqa: E402
+from data.format import PatchDataset  # noqa: E402
+from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats, D4Collate, normalise  # noqa: E402
 from data.synthetic import generate  # noqa: E402
+from data.writing import write_dataset  # noqa: E402
+from workflows.jobs.inputs import build_inputs, open_inputs  # noqa: E402
 from workflows.serving.evaluate import evaluate_checkpoint  # noqa: E402
 from workflows.training.cluster import connect  # noqa: E402
 from workflows.training.config import TrainConfig  # noqa: E402
@@ -150,7 +146,7 @@ def ray_training(
         stats: Band statistics of the training split.
         cfg: The run's settings, including ``num_workers`` and ``cpus_per_worker``.
         storage: Folder for the run's checkpoints.
-        datasets: Materialised Ray datasets from :func:`data.pipeline.build_ray_datasets`.
+        datasets: Ray datasets ``train`` and ``val``, as :func:`workflows.jobs.inputs.build_inputs` builds them.
 
     Returns:
         The median reported ``epoch_seconds`` without epoch 1, and the wall time of the whole run (start-up of the
@@ -170,35 +166,40 @@ def start_ray(cpus: int = CPUS) -> None:
     connect("local", cpus)
 
 
-def load(size: str, quick: bool) -> tuple[str, PatchDataset]:
-    """The default dataset (``small``) or generated patches (``large``), with a label for the table."""
+def load(size: str, quick: bool, storage: Path) -> tuple[str, PatchDataset, Path]:
+    """The default dataset (``small``) or generated patches (``large``, written under ``storage``).
+
+    Returns:
+        A label for the table, the dataset, and the folder the Ray side reads.
+    """
     if size == "small":
         dataset = read_dataset(DEFAULT_DATASET_DIR)
-        return f"{len(dataset.train)} (default)", dataset
+        return f"{len(dataset.train)} (default)", dataset, DEFAULT_DATASET_DIR
     counts = QUICK_LARGE_COUNTS if quick else LARGE_COUNTS
     started = time.perf_counter()
     dataset = generate(counts, seed=SYNTHETIC_SEED)
-    print(f"generated {counts} in {time.perf_counter() - started:.0f} s", flush=True)
-    return f"{len(dataset.train)} (synthetic)", dataset
+    folder = storage / "large-dataset"
+    write_dataset(folder, dataset)
+    print(f"generated and wrote {counts} in {time.perf_counter() - started:.0f} s", flush=True)
+    return f"{len(dataset.train)} (synthetic)", dataset, folder
 
 
 def throughput(quick: bool, storage: Path) -> list[dict[str, Any]]:
     """Measure plain and both Ray layouts at both sizes; prints progress, returns one row per size."""
     rows = []
     for size in ("small", "large"):
-        label, dataset = load(size, quick)
+        label, dataset, folder = load(size, quick, storage)
         epochs = (QUICK_EPOCHS if quick else FULL_EPOCHS)[size]
         cfg = TrainConfig(epochs=epochs)
-        stats = compute_band_stats(dataset.train.pixels)
         row: dict[str, Any] = {"size": label, "epochs": epochs}
-        row["plain"] = plain_training(dataset, stats, cfg)
+        row["plain"] = plain_training(dataset, band_stats(dataset.train.pixels), cfg)
         print(f"{label}: plain {_epochs(row['plain'])}", flush=True)
-        datasets = build_ray_datasets(dataset, stats)
+        inputs = build_inputs(open_inputs(folder))
         for name, workers, cpus in LAYOUTS:
             run_cfg = cfg.replace(num_workers=workers, cpus_per_worker=cpus)
-            row[name] = ray_training(dataset, stats, run_cfg, storage, datasets)
+            row[name] = ray_training(dataset, inputs.stats, run_cfg, storage, inputs.datasets)
             print(f"{label}: {name} {_epochs(row[name])}, wall {row[name].wall:.1f} s", flush=True)
-        del datasets
+        del inputs
         rows.append(row)
     return rows
 
@@ -230,8 +231,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def accuracy(quick: bool, storage: Path) -> list[float]:
     """Test accuracy of the best checkpoint of ``TrainConfig()`` runs (2 workers) for each of the seeds."""
     dataset = read_dataset(DEFAULT_DATASET_DIR)
-    stats = compute_band_stats(dataset.train.pixels)
-    datasets = build_ray_datasets(dataset, stats)
+    inputs = build_inputs(open_inputs(DEFAULT_DATASET_DIR))
+    stats, datasets = inputs.stats, inputs.datasets
     scores = []
     for seed in ACCURACY_SEEDS:
         cfg = TrainConfig(seed=seed)

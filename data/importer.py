@@ -16,21 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data.format import (
-    DEFAULT_SPLIT_FRACTIONS,
-    DEFAULT_SPLIT_SEED,
-    MIN_PATCH_SIZE,
-    PIXEL_DTYPE,
-    PatchDataset,
-    PatchFormatError,
-    PatchMetadata,
-    PatchSplit,
-    carve,
-    check_dataset_replaceable,
-    split_counts,
-    write_dataset,
-)
+from data.format import MIN_PATCH_SIZE, PIXEL_DTYPE, PatchDataset, PatchFormatError, PatchMetadata, PatchSplit
 from data.messages import brief_list, one_line, plain
+from data.splitting import DEFAULT_SPLIT_FRACTIONS, DEFAULT_SPLIT_SEED, carve, split_counts
+from data.writing import check_dataset_replaceable, write_dataset
 
 X, Y, BAND_NAMES, CLASS_NAMES = "x", "y", "band_names", "class_names"
 # The keys of each split's arrays; "train" comes from x/y (minus whatever is carved from them).

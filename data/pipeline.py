@@ -1,9 +1,9 @@
-"""The Ray Data pipeline: band statistics of the training split, normalisation, and flip/rotation augmentation.
+"""Band statistics and normalisation, and the flip/rotation augmentation the training workers apply.
 
-Patches are read once with the validating reader, normalised with per-band statistics of the *training* split, and
-materialised in Ray's object store. Only the cheap per-epoch work (shuffling within blocks and a random element of
-the augmentation group per patch: by default one of the 8 flips/rotations of D4) runs lazily on every pass over the
-training set, so an epoch never re-reads or re-normalises the data.
+Pixels are standardised band by band with the *training* split's statistics (:class:`BandStats`; computed by
+:func:`data.streaming.streamed_band_stats`), for training, evaluation and prediction alike. Augmentation draws one
+element of a group of the square's flips and rotations (by default all 8 of D4) per patch, on every pass, in the
+training worker's own process (:class:`D4Collate`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
-
-from data.format import PatchDataset, PatchSplit
 
 # Column names of the Ray datasets handed to the training workers.
 PIXELS_COLUMN = "pixels"
@@ -22,8 +19,6 @@ LABEL_COLUMN = "label"
 
 # A band whose training pixels barely vary is divided by this instead of ~0, so it cannot explode.
 MIN_STD = 1e-6
-# Enough blocks that two or more workers each get several, and that shuffling blocks mixes the order.
-DEFAULT_BLOCKS = 8
 
 
 @dataclass(frozen=True)
@@ -46,18 +41,6 @@ class BandStats:
     def from_dict(cls, body: Mapping[str, list[float]]) -> BandStats:
         """Inverse of :meth:`to_dict`."""
         return cls(mean=np.asarray(body["mean"], dtype=np.float64), std=np.asarray(body["std"], dtype=np.float64))
-
-
-def compute_band_stats(pixels: np.ndarray) -> BandStats:
-    """Mean and standard deviation of every band over all patches and pixels.
-
-    Args:
-        pixels: Training pixels, shape (N, C, H, W).
-    """
-    values = np.asarray(pixels, dtype=np.float64)
-    mean = values.mean(axis=(0, 2, 3))
-    std = np.maximum(values.std(axis=(0, 2, 3)), MIN_STD)
-    return BandStats(mean=mean, std=std)
 
 
 def normalise(pixels: np.ndarray, stats: BandStats) -> np.ndarray:
@@ -141,9 +124,8 @@ class D4Collate:
     """Turns a Ray Data numpy batch into tensors with a random element of an augmentation group applied to each patch.
 
     Applied by each training worker to the batches of its shard (:mod:`workflows.training.shard_cache`), beside the
-    model,
-    rather than as Ray tasks competing with training for CPUs. Seeded per worker and epoch, so a run is reproducible
-    and every epoch sees different views of each patch.
+    model, rather than as Ray tasks competing with training for CPUs. Seeded per worker and epoch, so a run is
+    reproducible and every epoch sees different views of each patch.
 
     Args:
         seed: Seed of this worker's augmentation for one epoch.
@@ -169,50 +151,3 @@ class D4Collate:
             PIXELS_COLUMN: torch.from_numpy(np.ascontiguousarray(moved)),
             LABEL_COLUMN: torch.tensor(np.asarray(batch[LABEL_COLUMN]), dtype=torch.int64),
         }
-
-
-def to_arrow(split: PatchSplit, stats: BandStats) -> pa.Table:
-    """Normalised pixels as an Arrow tensor column plus integer labels."""
-    from ray.data.extensions import ArrowTensorArray
-
-    if split.labels is None:
-        raise ValueError("training and validation splits need labels")
-    return pa.table(
-        {
-            PIXELS_COLUMN: ArrowTensorArray.from_numpy(normalise(split.pixels, stats)),
-            LABEL_COLUMN: pa.array(split.labels, type=pa.int64()),
-        }
-    )
-
-
-def build_ray_datasets(
-    dataset: PatchDataset,
-    stats: BandStats,
-    splits: tuple[str, ...] = ("train", "val"),
-    blocks: int = DEFAULT_BLOCKS,
-) -> dict:
-    """Normalise the given splits and materialise them in the object store; ``train`` gets a shuffled block order.
-
-    Call this once per experiment and hand the result to every trainer: the expensive part runs here. A pass re-runs
-    only the block shuffle; the workers shuffle rows locally, keep a small shard in memory after the first epoch
-    (:mod:`workflows.training.shard_cache`) and augment with :class:`D4Collate`.
-
-    Args:
-        dataset: The validated dataset.
-        stats: Band statistics of the training split.
-        splits: Which splits to build.
-        blocks: How many blocks each split is cut into.
-
-    Returns:
-        Ray datasets by split name.
-    """
-    import ray.data
-
-    built = {}
-    for name in splits:
-        split = dataset.splits[name]
-        ds = ray.data.from_arrow(to_arrow(split, stats)).repartition(min(blocks, len(split))).materialize()
-        if name == "train":
-            ds = ds.randomize_block_order()
-        built[name] = ds
-    return built

@@ -1,14 +1,13 @@
 """Ray Data reads of a dataset folder's Parquet files: validation per block, exact band statistics, normalisation.
 
 The driver reads only footers and the ``patch_id`` column (:func:`open_dataset_files`), and the ``label`` column of a
-training file that val/test splits are carved from; Ray Data's tasks read the
-pixels. The training split is scanned once (every block checked with the format's row checks, per-band moments
-combined exactly with Chan's formulas) for its band statistics; then each split is read, checked and normalised in
-``map_batches``, and kept in the object store only when it fits :data:`MATERIALIZE_SHARE` of it; a larger split is
-streamed from Parquet on every pass. A bad row stops the run with the message :func:`data.format.read_split` gives
-(file and row).
+training file that val/test splits are carved from; Ray Data's tasks read the pixels. The training split is scanned
+once (every block checked with the format's row checks, per-band moments combined exactly with Chan's formulas) for
+its band statistics; then each split is read, checked and normalised in ``map_batches``, and kept in the object store
+only when it fits :data:`MATERIALIZE_SHARE` of it; a larger split is streamed from Parquet on every pass. A bad row
+stops the run with the message :func:`data.reading.read_split` gives (file and row).
 
-A folder that needs splits carved from ``train`` is carved as :func:`data.format.read_dataset` carves it (stratified
+A folder that needs splits carved from ``train`` is carved as :func:`data.folder.read_dataset` carves it (stratified
 by class, seeded) from the label column alone; each carved split's reads keep the rows whose patch ids it holds.
 """
 
@@ -25,32 +24,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.exceptions import UserCodeException
 
-from data.format import (
-    DEFAULT_SPLIT_SEED,
-    LABEL,
-    PATCH_ID,
-    PIXELS,
-    SPLITS,
-    PatchFileInfo,
-    PatchFormatError,
-    PatchMetadata,
-    PatchRowError,
-    carve_rows,
-    check_ids_across_splits,
-    check_rows,
-    check_split_metadata,
-    read_file_info,
-    read_labels,
-    read_patch_ids,
-    split_files,
-)
-from data.pipeline import DEFAULT_BLOCKS, LABEL_COLUMN, MIN_STD, PIXELS_COLUMN, BandStats, normalise
+from data.folder import check_ids_across_splits, check_split_metadata, split_files
+from data.format import LABEL, PATCH_ID, PIXELS, SPLITS, PatchFileInfo, PatchFormatError, PatchMetadata, PatchRowError
+from data.pipeline import LABEL_COLUMN, MIN_STD, PIXELS_COLUMN, BandStats, normalise
+from data.reading import check_rows, read_file_info, read_labels, read_patch_ids
+from data.splitting import DEFAULT_SPLIT_SEED, carve_rows
 from data.storage import locate, shown
 
 # Largest share of the cluster's object-store memory that the materialised splits (normalised float32 pixels) may
 # take together; beyond it every split is streamed from Parquet on each pass. PBT members share one copy.
 MATERIALIZE_SHARE = 0.3
-# Rows per batch of the driver's own pass over a split (the baselines), about 14 MB of 14x8x8 patches.
+# Blocks of each materialised split: enough that two or more workers each get several, and that shuffling blocks
+# mixes the order.
+DEFAULT_BLOCKS = 8
+# Rows per batch of the driver's own pass over a split (the baselines), about 14 MB of the default dataset's patches.
 DRIVER_BATCH_ROWS = 4096
 
 T = TypeVar("T")
@@ -88,7 +75,7 @@ def validate_block(block: pa.Table, path: str, metadata: PatchMetadata) -> dict[
 
 
 def _checked(block: pa.Table, path: str, metadata: PatchMetadata) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`data.format.check_rows` of a block, a bad row named by its patch id."""
+    """:func:`data.reading.check_rows` of a block, a bad row named by its patch id."""
     try:
         return check_rows(block, path, metadata)
     except PatchRowError as err:
@@ -134,7 +121,7 @@ class DatasetFiles:
 def open_dataset_files(folder: str | os.PathLike, *, seed: int = DEFAULT_SPLIT_SEED) -> DatasetFiles:
     """A dataset folder's files, footers and patch ids, checked, and its carved splits planned (no pixels read).
 
-    Checks what :func:`data.format.read_dataset` checks without reading pixels: each footer, the splits' agreement
+    Checks what :func:`data.folder.read_dataset` checks without reading pixels: each footer, the splits' agreement
     on the metadata, and the patch ids (none empty, none repeated within or across splits). The rows are checked by
     the Ray Data reads. A folder without ``val`` or ``test`` (or with a single unsplit file) has them carved from the
     training file as ``read_dataset`` carves them, stratified by class with ``seed``, from its label column alone.

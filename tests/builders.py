@@ -1,4 +1,5 @@
-"""Builders the test modules share: a checkpoint as the training loop writes it, from a tiny generated dataset.
+"""Builders the test modules share: band statistics of pixels in memory, a dataset folder's Ray inputs as the jobs
+build them, and a checkpoint as the training loop writes it, from a tiny generated dataset.
 
 A plain module beside ``conftest.py`` (pytest puts this folder on ``sys.path``), so that tests in any package import
 it, alone or together, in any order.
@@ -6,17 +7,38 @@ it, alone or together, in any order.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from data.pipeline import compute_band_stats, normalise
+from data import DEFAULT_DATASET_DIR
+from data.pipeline import MIN_STD, BandStats, normalise
+from data.streaming import open_dataset_files, stream_ray_datasets, streamed_band_stats
 from data.synthetic import generate
 from resnet import ResNet, ResNetConfig
 from workflows.training.checkpoint import save_checkpoint
 
 COUNTS = {"train": 70, "val": 14, "test": 28}
 CHANNELS = 16  # small and quick; the format does not depend on the width
+
+
+def pixel_band_stats(pixels: np.ndarray) -> BandStats:
+    """Per-band mean and standard deviation of pixels (N, C, H, W) held in memory: what the streamed ones must equal."""
+    values = np.asarray(pixels, dtype=np.float64)
+    return BandStats(mean=values.mean(axis=(0, 2, 3)), std=np.maximum(values.std(axis=(0, 2, 3)), MIN_STD))
+
+
+def ray_inputs(folder: str | os.PathLike = DEFAULT_DATASET_DIR) -> tuple[BandStats, dict[str, Any]]:
+    """A dataset folder's training statistics and Ray datasets ``train`` and ``val``, as the jobs build them.
+
+    Ray must be connected (the ``ray_cluster`` fixture).
+    """
+    files = open_dataset_files(folder)
+    stats, _ = streamed_band_stats(files)
+    return stats, stream_ray_datasets(files, stats)
 
 
 def make_checkpoint(
@@ -31,7 +53,7 @@ def make_checkpoint(
         augment: The training config's augmentation group; None leaves the key out, as older checkpoints did.
     """
     dataset = generate(COUNTS, seed=seed)
-    stats = compute_band_stats(dataset.train.pixels)
+    stats = pixel_band_stats(dataset.train.pixels)
     torch.manual_seed(seed if model_seed is None else model_seed)
     config = ResNetConfig.from_metadata(dataset.metadata, channels=CHANNELS)
     model = ResNet(config)

@@ -13,13 +13,14 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 import workflows  # noqa: E402, F401
-from data.format import DEFAULT_SPLIT_SEED, PatchFormatError  # noqa: E402
+from data.format import PatchFormatError  # noqa: E402
 from data.importer import (  # noqa: E402
     DEFAULT_TEST_FRACTION,
     DEFAULT_VAL_FRACTION,
     import_npz_to_folder,
 )
 from data.messages import one_line  # noqa: E402
+from data.splitting import DEFAULT_SPLIT_SEED  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 

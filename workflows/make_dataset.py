@@ -15,9 +15,10 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 import workflows  # noqa: E402, F401
 from data import DEFAULT_DATASET_DIR  # noqa: E402
-from data.format import PatchFormatError, check_dataset_replaceable, write_dataset  # noqa: E402
+from data.format import PatchFormatError  # noqa: E402
 from data.messages import one_line  # noqa: E402
 from data.synthetic import DEFAULT_PRESET, PRESETS  # noqa: E402
+from data.writing import check_dataset_replaceable, write_dataset  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 

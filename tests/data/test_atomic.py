@@ -18,7 +18,7 @@ from data.atomic import (
     write_folder_atomic,
     write_json_atomic,
 )
-from data.format import write_dataset, write_split
+from data.writing import write_dataset, write_split
 
 
 @pytest.fixture

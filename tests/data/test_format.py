@@ -10,24 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.format import (
-    LABEL,
-    METADATA_KEY,
-    PATCH_ID,
-    PIXELS,
-    PatchDataset,
-    PatchFormatError,
-    PatchMetadata,
-    PatchSplit,
-    read_dataset,
-    read_metadata,
-    read_split,
-    split_counts,
-    stratified_split,
-    to_table,
-    write_dataset,
-    write_split,
-)
+from data.folder import read_dataset
+from data.format import LABEL, METADATA_KEY, PATCH_ID, PIXELS, PatchDataset, PatchFormatError, PatchMetadata, PatchSplit
+from data.reading import read_file_info, read_split
+from data.splitting import split_counts, stratified_split
+from data.writing import to_table, write_dataset, write_split
 
 META = PatchMetadata(bands=("blue", "green", "red", "vv"), height=3, width=4, classes=("a", "b", "c"))
 
@@ -79,7 +66,7 @@ def test_round_trip_keeps_everything(tmp_path):
 def test_round_trip_metadata_with_units_and_nodata(tmp_path):
     meta = PatchMetadata(("b1", "b2"), 3, 3, ("x", "y"), units=("DN", "dB"), nodata=-9999.0)
     write_split(tmp_path / "t.parquet", make_split(4, meta=meta), meta)
-    assert read_metadata(tmp_path / "t.parquet") == meta
+    assert read_file_info(tmp_path / "t.parquet").metadata == meta
 
 
 def test_plain_pyarrow_reads_the_file(tmp_path):

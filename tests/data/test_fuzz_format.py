@@ -11,8 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from data.format import PatchFormatError, PatchMetadata, PatchSplit, read_split, to_table
+from data.format import PatchFormatError, PatchMetadata, PatchSplit
 from data.importer import import_npz
+from data.reading import read_split
+from data.writing import to_table
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 META = PatchMetadata(bands=("a", "b", "c"), height=3, width=3, classes=("x", "y"))

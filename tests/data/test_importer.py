@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.format import PatchFormatError, read_dataset
+from data.folder import read_dataset
+from data.format import PatchFormatError
 from data.importer import NpzImportError, import_npz, import_npz_to_folder, load_npz
 
 

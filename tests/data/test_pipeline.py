@@ -1,22 +1,20 @@
-"""The Ray Data pipeline's pieces: training-split statistics, normalisation, augmentation groups, and the Ray feed."""
+"""The Ray Data pipeline's pieces: normalisation, augmentation groups, and the Ray feed the workers read."""
 
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from builders import pixel_band_stats, ray_inputs
 
 from data import DEFAULT_DATASET_DIR
-from data.format import read_dataset
+from data.folder import read_dataset
 from data.pipeline import (
     AUGMENTATIONS,
     LABEL_COLUMN,
-    MIN_STD,
     PIXELS_COLUMN,
     D4Collate,
     augmentation_elements,
-    build_ray_datasets,
-    compute_band_stats,
     d4_transform,
     normalise,
 )
@@ -30,17 +28,8 @@ def dataset():
     return read_dataset(DEFAULT_DATASET_DIR)
 
 
-def test_band_stats_are_per_band_with_a_floor_for_constant_bands():
-    rng = np.random.default_rng(0)
-    pixels = rng.normal(loc=[[[[100.0]], [[-3.0]], [[7.0]]]], scale=[[[[5.0]], [[0.5]], [[0.0]]]], size=(40, 3, 4, 4))
-    stats = compute_band_stats(pixels)
-    np.testing.assert_allclose(stats.mean, pixels.mean(axis=(0, 2, 3)))
-    np.testing.assert_allclose(stats.std[:2], pixels.std(axis=(0, 2, 3))[:2])
-    assert stats.std[2] == MIN_STD  # a constant band does not divide by zero
-
-
 def test_every_split_is_normalised_with_the_training_statistics(dataset):
-    stats = compute_band_stats(dataset.train.pixels)
+    stats = pixel_band_stats(dataset.train.pixels)
     train = normalise(dataset.train.pixels, stats)
     np.testing.assert_allclose(train.mean(axis=(0, 2, 3)), 0.0, atol=1e-4)
     np.testing.assert_allclose(train.std(axis=(0, 2, 3)), 1.0, atol=1e-4)
@@ -142,8 +131,7 @@ def test_collate_draws_every_element_of_its_group_and_nothing_else(name, height,
 def test_ray_feed_is_normalised_augmented_and_free_of_deprecation_warnings(ray_cluster, dataset):
     from ray.util.annotations import RayDeprecationWarning
 
-    stats = compute_band_stats(dataset.train.pixels)
-    built = build_ray_datasets(dataset, stats)
+    _, built = ray_inputs(DEFAULT_DATASET_DIR)
     assert built["train"].count() == len(dataset.train.labels) and built["val"].count() == len(dataset.val.labels)
     collate = D4Collate(seed=3)
     with warnings.catch_warnings():

@@ -7,7 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from data import DEFAULT_DATASET_DIR
-from data.format import PatchFormatError, PatchRowError, read_dataset, read_split, to_table
+from data.folder import read_dataset
+from data.format import PatchFormatError, PatchRowError
+from data.reading import read_split
 from data.storage import (
     Location,
     StorageError,
@@ -21,6 +23,7 @@ from data.storage import (
 )
 from data.streaming import open_dataset_files, split_batches, stream_ray_datasets, streamed_band_stats
 from data.synthetic import generate
+from data.writing import to_table
 
 
 @pytest.fixture(scope="module")

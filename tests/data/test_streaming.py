@@ -6,11 +6,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from builders import pixel_band_stats
 from ray.data.dataset import MaterializedDataset
 
 from data import DEFAULT_DATASET_DIR
-from data.format import PatchFormatError, PatchRowError, read_dataset, write_split
-from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, compute_band_stats, normalise
+from data.folder import read_dataset
+from data.format import PatchFormatError, PatchRowError
+from data.pipeline import LABEL_COLUMN, MIN_STD, PIXELS_COLUMN, normalise
 from data.streaming import (
     combine_moments,
     open_dataset_files,
@@ -19,6 +21,7 @@ from data.streaming import (
     streamed_band_stats,
 )
 from data.synthetic import generate
+from data.writing import write_split
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +36,30 @@ def _copy_default(folder):
     return folder
 
 
+def _block_moments(blocks):
+    """Each block's values per band, per-band mean and sum of squared deviations, as the streamed scan finds them."""
+    counts = np.array([b.shape[0] * b.shape[2] * b.shape[3] for b in blocks])
+    means = np.stack([b.mean(axis=(0, 2, 3)) for b in blocks])
+    m2s = np.stack([((b - b.mean(axis=(0, 2, 3))[None, :, None, None]) ** 2).sum(axis=(0, 2, 3)) for b in blocks])
+    return counts, means, m2s
+
+
 def test_moments_combine_to_the_statistics_of_all_values():
     rng = np.random.default_rng(0)
     pixels = rng.normal(1000.0, 3.0, size=(50, 3, 4, 4))  # a large mean: sums of squares would lose the spread
-    blocks = np.split(pixels, [7, 8, 30])  # uneven blocks
-    counts = np.array([b.shape[0] * 16 for b in blocks])
-    means = np.stack([b.mean(axis=(0, 2, 3)) for b in blocks])
-    m2s = np.stack([((b - b.mean(axis=(0, 2, 3))[None, :, None, None]) ** 2).sum(axis=(0, 2, 3)) for b in blocks])
-    stats = combine_moments(counts, means, m2s)
-    expected = compute_band_stats(pixels)
+    stats = combine_moments(*_block_moments(np.split(pixels, [7, 8, 30])))  # uneven blocks
+    expected = pixel_band_stats(pixels)
     np.testing.assert_allclose(stats.mean, expected.mean, rtol=1e-12)
     np.testing.assert_allclose(stats.std, expected.std, rtol=1e-9)
+
+
+def test_combined_statistics_are_per_band_with_a_floor_for_constant_bands():
+    rng = np.random.default_rng(0)
+    pixels = rng.normal(loc=[[[[100.0]], [[-3.0]], [[7.0]]]], scale=[[[[5.0]], [[0.5]], [[0.0]]]], size=(40, 3, 4, 4))
+    stats = combine_moments(*_block_moments(np.split(pixels, [13])))
+    np.testing.assert_allclose(stats.mean, pixels.mean(axis=(0, 2, 3)))
+    np.testing.assert_allclose(stats.std[:2], pixels.std(axis=(0, 2, 3))[:2])
+    assert stats.std[2] == MIN_STD  # a constant band does not divide by zero
 
 
 def test_footers_describe_the_folder(dataset):
@@ -98,7 +114,7 @@ def test_carved_splits_in_ray_data_hold_their_rows_and_the_training_statistics(r
     files = open_dataset_files(folder)
     carved = read_dataset(folder)
     stats, counts = streamed_band_stats(files)
-    expected = compute_band_stats(carved.train.pixels)
+    expected = pixel_band_stats(carved.train.pixels)
     np.testing.assert_allclose(stats.mean, expected.mean, rtol=1e-10)
     np.testing.assert_allclose(stats.std, expected.std, rtol=1e-8)
     assert counts.sum() == len(carved.train)
@@ -119,7 +135,7 @@ def test_an_id_in_two_splits_is_refused_from_the_ids_alone(dataset, tmp_path):
 
 def test_streamed_statistics_equal_those_of_the_pixels_in_memory(ray_cluster, dataset):
     stats, labels = streamed_band_stats(open_dataset_files(DEFAULT_DATASET_DIR))
-    expected = compute_band_stats(dataset.train.pixels)
+    expected = pixel_band_stats(dataset.train.pixels)
     np.testing.assert_allclose(stats.mean, expected.mean, rtol=1e-10)
     np.testing.assert_allclose(stats.std, expected.std, rtol=1e-8)
     assert labels.tolist() == np.bincount(dataset.train.labels, minlength=dataset.metadata.num_classes).tolist()
@@ -147,7 +163,7 @@ def test_a_bad_row_deep_in_a_file_is_named_by_file_and_row(ray_cluster, tmp_path
 @pytest.mark.parametrize("object_store_bytes", [None, 1.0], ids=["materialised", "streamed"])
 def test_datasets_hold_every_row_normalised_once(ray_cluster, dataset, object_store_bytes):
     files = open_dataset_files(DEFAULT_DATASET_DIR)
-    stats = compute_band_stats(dataset.train.pixels)
+    stats = pixel_band_stats(dataset.train.pixels)
     built = stream_ray_datasets(files, stats, object_store_bytes=object_store_bytes)
     for name in ("train", "val"):
         rows = built[name].take_all()

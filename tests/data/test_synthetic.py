@@ -8,23 +8,19 @@ import pytest
 
 import data.synthetic as synthetic
 from data import DEFAULT_DATASET_DIR
-from data.format import read_dataset
-from data.synthetic import (
+from data.folder import read_dataset
+from data.landcover import (
     CLASSES,
     DEFAULT_COUNTS,
-    DEFAULT_PRESET,
     OPTICAL_BANDS,
     OPTICAL_RANGE,
-    PRESETS,
     RADAR_RANGE,
     SMALL_PATCH_CLASSES,
     SMALL_PATCH_COUNTS,
-    SMALL_PATCH_PRESET,
     default_metadata,
-    generate,
-    generate_small_patch,
     small_patch_metadata,
 )
+from data.synthetic import DEFAULT_PRESET, PRESETS, SMALL_PATCH_PRESET, generate, generate_small_patch
 
 SMALL = {"train": 70, "val": 21, "test": 35}
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from data import DEFAULT_DATASET_DIR
-from data.format import read_dataset
+from data.folder import read_dataset
 from resnet import ResNet, ResNetConfig
 
 PATCHES = 64

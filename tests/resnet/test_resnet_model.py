@@ -96,7 +96,7 @@ def test_config_round_trip():
 
 
 def test_config_from_metadata():
-    from data.synthetic import default_metadata
+    from data.landcover import default_metadata
 
     metadata = default_metadata()
     config = ResNetConfig.from_metadata(metadata, channels=32)

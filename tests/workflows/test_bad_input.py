@@ -22,9 +22,11 @@ import ray
 import torch
 from builders import make_checkpoint
 
-from data.format import METADATA_KEY, PatchFormatError, PatchMetadata, read_split, write_dataset, write_split
+from data.format import METADATA_KEY, PatchFormatError, PatchMetadata
 from data.importer import NpzImportError, dataset_from_arrays
+from data.reading import read_split
 from data.synthetic import generate
+from data.writing import write_dataset, write_split
 from workflows import import_data, make_dataset, predict, train, tune
 from workflows.serving.bundle import WEIGHTS_FILE, BundleError, check_compatible, export_bundle
 from workflows.training.config import TrainConfig

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.format import read_dataset
+from data.folder import read_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "workflows" / "import_data.py"

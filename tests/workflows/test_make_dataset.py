@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from data import DEFAULT_DATASET_DIR
-from data.format import read_dataset
+from data.folder import read_dataset
 from data.synthetic import SMALL_PATCH_PRESET, generate, generate_small_patch
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 import ray
+from builders import ray_inputs
 from ray.cluster_utils import Cluster
 
 from data import DEFAULT_DATASET_DIR
-from data.format import read_dataset
-from data.pipeline import build_ray_datasets, compute_band_stats
+from data.folder import read_dataset
 from workflows.training.checkpoint import load_checkpoint
 from workflows.training.config import TrainConfig
 from workflows.training.launch import run_training, unique_run_name
@@ -59,10 +59,10 @@ def two_nodes():
             cluster = Cluster(initialize_head=True, head_node_args=head)
             ray.init(address=cluster.address, log_to_driver=False)
             dataset = read_dataset(DEFAULT_DATASET_DIR)
-            stats = compute_band_stats(dataset.train.pixels)
-            # Built before the worker node joins, so every block lives on the head: losing the worker node later
-            # loses no data, as on a real cluster whose driver node holds the data set.
-            data = (dataset, stats, build_ray_datasets(dataset, stats))
+            # Built (and materialised) before the worker node joins, so every block lives on the head: losing the
+            # worker node later loses no data, as on a real cluster whose driver node holds the data set.
+            stats, datasets = ray_inputs(DEFAULT_DATASET_DIR)
+            data = (dataset, stats, datasets)
             nodes = TwoNodes(cluster, cluster.head_node.node_id, cluster.head_node, data)
             nodes.add_worker_node()
             yield nodes

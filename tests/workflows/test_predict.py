@@ -14,9 +14,10 @@ import pytest
 import torch
 from builders import make_checkpoint
 
-from data.format import PatchSplit, to_table, write_dataset, write_split
+from data.format import PatchSplit
 from data.pipeline import BandStats, augmentation_elements
 from data.synthetic import generate
+from data.writing import to_table, write_dataset, write_split
 from workflows import predict
 from workflows.serving.bundle import INFO_FILE, WEIGHTS_FILE, export_bundle
 from workflows.serving.evaluate import NO_TTA, classification_metrics, ensemble_probabilities, model_from_state

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import ray_inputs
 
 from data import DEFAULT_DATASET_DIR
-from data.format import read_dataset
-from data.pipeline import build_ray_datasets, compute_band_stats
+from data.folder import read_dataset
 from workflows.training.checkpoint import load_checkpoint
 from workflows.training.config import TrainConfig
 from workflows.training.launch import run_training, unique_run_name
@@ -23,8 +23,8 @@ FAST = {"channels": 32, "num_workers": 2, "batch_size": 64, "seed": 0}
 @pytest.fixture(scope="module")
 def default_data(ray_cluster):
     dataset = read_dataset(DEFAULT_DATASET_DIR)
-    stats = compute_band_stats(dataset.train.pixels)
-    return dataset, stats, build_ray_datasets(dataset, stats)
+    stats, datasets = ray_inputs(DEFAULT_DATASET_DIR)
+    return dataset, stats, datasets
 
 
 @pytest.fixture(scope="module")

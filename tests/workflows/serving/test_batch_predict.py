@@ -14,8 +14,10 @@ import pytest
 import ray.data
 from builders import make_checkpoint
 
-from data.format import PIXELS, PatchFormatError, read_split, to_table
+from data.format import PIXELS, PatchFormatError
+from data.reading import read_split
 from data.synthetic import generate
+from data.writing import to_table
 from workflows.serving import predict
 from workflows.serving.bundle import export_bundle
 from workflows.serving.evaluate import classification_metrics, confusion_metrics

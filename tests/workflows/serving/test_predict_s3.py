@@ -17,9 +17,11 @@ import pytest
 import ray.data
 from builders import make_checkpoint
 
-from data.format import PatchRowError, read_split, to_table, write_dataset, write_split
+from data.format import PatchRowError
+from data.reading import read_split
 from data.storage import Location, locate
 from data.synthetic import generate
+from data.writing import to_table, write_dataset, write_split
 from workflows import predict as script
 from workflows.serving import predict
 from workflows.serving.bundle import export_bundle

@@ -4,11 +4,11 @@ import shutil
 
 import pytest
 import ray
+from builders import ray_inputs
 from ray.util.placement_group import placement_group, placement_group_table
 
 from data import DEFAULT_DATASET_DIR
-from data.format import read_dataset
-from data.pipeline import build_ray_datasets, compute_band_stats
+from data.folder import read_dataset
 from workflows.training.config import GRAD_CLIP, LR, TrainConfig
 from workflows.training.launch import MemberRun, unique_run_name
 from workflows.training.ray_private import record_placement_group, release_placement_group
@@ -37,8 +37,8 @@ def test_a_record_of_an_already_removed_group_is_harmless(ray_cluster):
 @pytest.fixture(scope="module")
 def member_data(ray_cluster):
     dataset = read_dataset(DEFAULT_DATASET_DIR)
-    stats = compute_band_stats(dataset.train.pixels)
-    return dataset, stats, build_ray_datasets(dataset, stats)
+    stats, datasets = ray_inputs(DEFAULT_DATASET_DIR)
+    return dataset, stats, datasets
 
 
 def test_a_member_run_takes_one_command_per_epoch_and_loads_a_checkpoint_in_place(member_data, tmp_path, alive_actors):
