@@ -10,12 +10,10 @@ and a dataset as held in memory; :mod:`data.reading` reads and validates a file,
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -237,17 +235,3 @@ class PatchDataset:
 
 # Names that workflows/serving/predict.py still imports from here, and the module each one now lives in; resolved on
 # first use (PEP 562), since those modules import this one. An entry goes once predict.py imports it from its module.
-_MOVED = {
-    "child": "data.folder",
-    "read_dataset": "data.folder",
-    "read_file_info": "data.reading",
-    "read_patch_ids": "data.reading",
-    "write_split": "data.writing",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """A name that moved out of this module, from the module that now holds it."""
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

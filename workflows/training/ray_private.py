@@ -25,7 +25,7 @@ Ray is pinned to 2.60.0 in pyproject.toml; each entry names the test that fails 
   (``workflows/jobs/experiment.py``).
 - :func:`hide_user_code_error_notes` names the loggers of Ray Data's streaming executor state and of
   ``ray.data.exceptions`` (the two ERROR notes logged when a UDF raises);
-  ``tests/workflows/serving/test_batch_predict.py`` fails
+  ``tests/workflows/serving/predict/test_batch_predict.py`` fails
   when a bad row's one-line error gains lines again.
 """
 

@@ -1,4 +1,4 @@
-"""Tests of workflows/serving/predict.py with object-store input and output, against moto's S3 server on 127.0.0.1.
+"""Tests of workflows/serving/predict with object-store input and output, against moto's S3 server on 127.0.0.1.
 
 The tests that need no Ray come first; the module's Ray cluster starts after the S3 server, so its workers inherit
 the AWS_* variables that point them at it.
@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray.data
 from builders import make_checkpoint
 
 from data.format import PatchRowError
@@ -23,9 +22,10 @@ from data.storage import Location, locate
 from data.synthetic import generate
 from data.writing import to_table, write_dataset, write_split
 from workflows import predict as script
-from workflows.serving import predict
 from workflows.serving.bundle import export_bundle
-from workflows.serving.predict import OUTPUT_METADATA_KEY, PredictConfig, predict_run, stored_parts
+from workflows.serving.predict import PredictConfig, pipeline, predict_run, run
+from workflows.serving.predict.output import stored_parts
+from workflows.serving.predict.predictor import OUTPUT_METADATA_KEY
 
 DATA_SEED = 5
 PATCHES = 90
@@ -68,10 +68,8 @@ def files(bucket, tmp_path_factory) -> dict[str, Path | str]:
 @pytest.fixture
 def small_parts(monkeypatch):
     """Blocks of about a row group and parts of PART_ROWS rows, so a folder output holds several part files."""
-    monkeypatch.setattr(predict, "BLOCK_BYTES", ROW_GROUP * 14 * 8 * 8 * 4)
-    monkeypatch.setattr(predict, "PART_ROWS", PART_ROWS)
-    yield
-    ray.data.DataContext.get_current().target_max_block_size = ray.data.DataContext().target_max_block_size
+    monkeypatch.setattr(pipeline, "BLOCK_BYTES", ROW_GROUP * 14 * 8 * 8 * 4)
+    monkeypatch.setattr(pipeline, "PART_ROWS", PART_ROWS)
 
 
 @pytest.fixture
@@ -81,7 +79,7 @@ def no_ray(monkeypatch):
     def connect(*args, **kwargs):
         raise AssertionError("Ray was started before the problem was found")
 
-    monkeypatch.setattr(predict, "connect", connect)
+    monkeypatch.setattr(run, "connect", connect)
 
 
 def read_stored(location: Location) -> pa.Table:
@@ -175,8 +173,8 @@ def test_unlabelled_s3_input(files, bucket, ray_cluster):
 def test_a_split_of_an_s3_dataset_folder_to_a_local_folder(files, tmp_path, ray_cluster):
     result = predict_run(PredictConfig(model=files["bundle"], input=files["s3_dataset"], output=tmp_path / "parts"))
     assert result.accuracy is not None
-    parts = predict.part_files(tmp_path / "parts")
-    assert pa.concat_tables([pq.read_table(p) for p in parts]).column("patch_id").to_pylist() == files["test_ids"]
+    parts = stored_parts(locate(tmp_path / "parts"))
+    assert pa.concat_tables([pq.read_table(p.path) for p in parts]).column("patch_id").to_pylist() == files["test_ids"]
 
 
 @pytest.mark.slow  # two runs: about 35 s here

@@ -1,10 +1,9 @@
-"""Tests of workflows/serving/predict.py: streamed metrics, folder output, a bad row deep in a file, a driver without
-pixels."""
+"""Tests of workflows/serving/predict (whole runs): streamed metrics, folder output, a bad row deep in a file, a driver
+without pixels."""
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +15,13 @@ from builders import make_checkpoint
 
 from data.format import PIXELS, PatchFormatError
 from data.reading import read_split
+from data.storage import locate
 from data.synthetic import generate
 from data.writing import to_table
-from workflows.serving import predict
 from workflows.serving.bundle import export_bundle
 from workflows.serving.evaluate import classification_metrics, confusion_metrics
-from workflows.serving.predict import PredictConfig, part_files, predict_run
+from workflows.serving.predict import PredictConfig, pipeline, predict_run, run
+from workflows.serving.predict.output import stored_parts
 
 DATA_SEED = 5
 PATCHES = 120
@@ -41,10 +41,13 @@ def files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Blocks of about a row group and parts of 25 rows, so a small file flows as many blocks into many parts."""
-    monkeypatch.setattr(predict, "BLOCK_BYTES", ROW_GROUP * 14 * 8 * 8 * 4)
-    monkeypatch.setattr(predict, "PART_ROWS", 25)
-    yield
-    ray.data.DataContext.get_current().target_max_block_size = ray.data.DataContext().target_max_block_size
+    monkeypatch.setattr(pipeline, "BLOCK_BYTES", ROW_GROUP * 14 * 8 * 8 * 4)
+    monkeypatch.setattr(pipeline, "PART_ROWS", 25)
+
+
+def part_files(folder: Path) -> list[Path]:
+    """The part files of a local folder output, in input order."""
+    return [Path(part.path) for part in stored_parts(locate(folder))]
 
 
 def test_confusion_metrics_equal_scikit_learn():
@@ -119,52 +122,8 @@ def test_the_driver_reads_no_pixels_and_gathers_no_predictions(files, tmp_path, 
     monkeypatch.setattr(pq, "read_table", read_table)
     for name in ("iter_batches", "iter_rows", "take_all", "take", "to_pandas"):  # write_parquet itself materialises
         monkeypatch.setattr(ray.data.Dataset, name, gathered)
-    monkeypatch.setattr(predict, "read_dataset", gathered)
+    monkeypatch.setattr(run, "read_dataset", gathered)
     result = predict_run(PredictConfig(model=files["bundle"], input=files["data"], output=tmp_path / "p.parquet"))
     assert result.patches == PATCHES and result.accuracy is not None
     monkeypatch.undo()
     assert pq.read_table(tmp_path / "p.parquet").num_rows == PATCHES
-
-
-def test_progress_says_each_tenth_once_and_stops_when_told():
-    done, lines, stop = [0], [], threading.Event()
-
-    def count() -> int:  # 7 more patches at every look; the work ends after 100
-        done[0] = min(done[0] + 7, 100)
-        if done[0] == 100:
-            stop.set()
-        return done[0]
-
-    predict.report_progress(count, 100, lines.append, stop, poll_s=0.001)
-    shown = [int(line.split()[1].split("/")[0]) for line in lines]
-    assert shown == [14, 21, 35, 42, 56, 63, 70, 84, 91]  # the first look past each tenth, never the total
-    assert all(line.endswith("/s)") and "/100 patches" in line for line in lines)
-
-
-def test_progress_stops_without_a_line_when_nothing_is_done():
-    stop, lines = threading.Event(), []
-    stop.set()
-    predict.report_progress(lambda: 0, 100, lines.append, stop, poll_s=0.001)
-    assert lines == []
-
-
-def test_parts_written_out_of_input_order_are_renamed_into_it(tmp_path):
-    from data.storage import locate
-
-    ids = [f"p{i:03d}" for i in range(30)]
-    pq.write_table(pa.table({"patch_id": ids}), tmp_path / "in.parquet")
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    # As Ray 2.60 named them at 200,000 patches: the task holding the last rows first.
-    runs = {"ds_abc1_000000-0.parquet": ids[20:], "ds_abc1_000001-0.parquet": ids[:8]}
-    runs["ds_abc1_000002-0.parquet"] = ids[8:20]
-    for name, run in runs.items():
-        pq.write_table(pa.table({"patch_id": run}), staging / name)
-    parts = predict.stored_parts(locate(staging))
-    ordered = predict.put_in_input_order(str(tmp_path / "in.parquet"), parts)
-    again = predict.stored_parts(locate(staging))
-    assert [p.name for p in again] == [p.name for p in ordered]
-    assert all(predict.PART_FILE.fullmatch(p.name) for p in again)
-    read = [pq.read_table(p.path).column(0).to_pylist() for p in again]
-    assert sum(read, []) == ids
-    assert predict.put_in_input_order(str(tmp_path / "in.parquet"), again) == again  # in order: nothing renamed
