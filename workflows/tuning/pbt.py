@@ -8,7 +8,7 @@ for Tune, and an exploit (Tune calls ``reset_config`` with the mutated values, t
 donor's checkpoint) only tells the waiting workers to load the donor's state and train on with the new values.
 
 Tune reuses a paused member's process (``reuse_actors=True``) only while its search may still hand out trials, so
-the search (:class:`workflows.training.ray_private.PopulationSearch`) stays open until every member has ended. A member
+the search (:class:`workflows.tuning.tune_private.PopulationSearch`) stays open until every member has ended. A member
 whose process Tune did not keep starts a new ``TorchTrainer`` from the checkpoint: slower, still correct.
 """
 
@@ -29,7 +29,7 @@ from data.storage import Location, locate
 from workflows.training.config import TrainConfig
 from workflows.training.hyperparams import config_values, mutation_spaces
 from workflows.training.launch import MemberRun, unique_run_name
-from workflows.training.ray_private import RecoveringPBT, quiet_member_logs
+from workflows.tuning.tune_private import RecoveringPBT, quiet_member_logs
 
 log = logging.getLogger(__name__)
 
