@@ -6,12 +6,13 @@ tuning stage's private Ray APIs (Tune's scheduler and search) live in ``workflow
 - :data:`TRAIN_ENV`: environment settings read by Train V2's internals (``ray.train.v2._internal.constants``, read by
   ``TrainController`` and ``WorkerGroup`` and passed on to them through ``ENV_VARS_TO_PROPAGATE``); pinned by
   ``tests/workflows/training/test_ray_private.py``.
-- :class:`TorchTrainerWithoutCleaner` overrides Train V2's ``_create_default_callbacks`` to drop the detached
-  placement-group cleaner (why: ``workflows/training/launch.py``); pinned by
-  ``tests/workflows/training/test_ray_private.py`` and ``tests/workflows/test_train.py``.
-- :func:`record_placement_group` / :func:`release_placement_group` keep a member's placement group in Ray's
-  internal KV store (``ray.experimental.internal_kv``, ``ray._raylet.PlacementGroupID``); pinned by
-  ``tests/workflows/training/test_launch.py``.
+- :class:`TorchTrainerWithoutCleaner` overrides Train V2's ``_create_default_callbacks`` and drops
+  ``ray.train.v2._internal.callbacks.placement_group_callback.PlacementGroupCleanerCallback`` (why:
+  ``workflows/training/placement.py``); pinned by ``tests/workflows/training/test_ray_private.py`` and
+  ``tests/workflows/test_train.py``.
+- :func:`kv_put` / :func:`kv_get` / :func:`kv_del` wrap ``ray.experimental.internal_kv`` (Ray's cluster-wide KV
+  store) and :func:`placement_group_from_hex` builds a handle from ``ray._raylet.PlacementGroupID``, for the
+  placement-group records of ``workflows/training/placement.py``; pinned by ``tests/workflows/training/test_launch.py``.
 - The log quieting below names Ray loggers by module path (``ray.data._internal.progress``,
   ``ray.train.v2._internal.execution.context``); ``tests/workflows/test_tune_job.py`` fails when Ray Data's per-pass
   lines come back. The rest of the job's quiet comes from public settings: ``ray.LoggingConfig(log_level="WARNING")``
@@ -32,11 +33,7 @@ from ray._raylet import PlacementGroupID
 from ray.experimental import internal_kv
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
-
-log = logging.getLogger(__name__)
-
-_KV_PREFIX = "satresnet:placement-group:"
+from ray.util.placement_group import PlacementGroup
 
 # Ray Train settings, read from the environment of the process that calls fit() and passed on to the controller.
 TRAIN_ENV = {
@@ -112,47 +109,29 @@ def quiet_worker_logs() -> None:
 
 
 class TorchTrainerWithoutCleaner(TorchTrainer):
-    """``TorchTrainer`` without Train's detached placement-group cleaner (why: ``launch.py``'s docstring)."""
+    """``TorchTrainer`` without Train's detached placement-group cleaner (why: ``placement.py``'s docstring)."""
 
     def _create_default_callbacks(self) -> list[Any]:
         callbacks = super()._create_default_callbacks()
         return [callback for callback in callbacks if not isinstance(callback, PlacementGroupCleanerCallback)]
 
 
-def _kv_key(owner: str) -> bytes:
-    return (_KV_PREFIX + owner).encode()
+def kv_put(key: str, value: str) -> None:
+    """Store ``value`` under ``key`` in Ray's cluster-wide KV store (any process of the cluster reads it)."""
+    internal_kv._internal_kv_put(key.encode(), value.encode(), overwrite=True)
 
 
-def forget_placement_group(owner: str) -> None:
-    """Drop the owner's record (its run ended and Train removed the group)."""
-    internal_kv._internal_kv_del(_kv_key(owner))
+def kv_get(key: str) -> str | None:
+    """The value stored under ``key``, or None."""
+    value = internal_kv._internal_kv_get(key.encode())
+    return value.decode() if value else None
 
 
-def record_placement_group(owner: str, group_hex: str) -> None:
-    """Remember ``group_hex`` as the placement group of the owner's current run (cluster-wide, in Ray's KV store)."""
-    internal_kv._internal_kv_put(_kv_key(owner), group_hex.encode(), overwrite=True)
+def kv_del(key: str) -> None:
+    """Drop ``key`` from Ray's KV store (nothing happens when it is not there)."""
+    internal_kv._internal_kv_del(key.encode())
 
 
-def release_placement_group(owner: str) -> bool:
-    """Remove the placement group the owner's last run recorded, if it still exists.
-
-    Args:
-        owner: The ``owner`` the run was started with.
-
-    Returns:
-        Whether a placement group was removed.
-    """
-    recorded = internal_kv._internal_kv_get(_kv_key(owner))
-    if not recorded:
-        return False
-    group = PlacementGroup(PlacementGroupID.from_hex(recorded.decode()))
-    removed = False
-    try:
-        if placement_group_table(group).get("state") not in (None, "REMOVED"):
-            remove_placement_group(group)
-            removed = True
-            log.warning("removed placement group %s left behind by %s's previous run", recorded.decode(), owner)
-    except Exception as err:  # noqa: BLE001 - best effort: Ray removes it when the job ends at the latest
-        log.warning("could not remove placement group %s of %s: %s", recorded.decode(), owner, err)
-    forget_placement_group(owner)
-    return removed
+def placement_group_from_hex(group_hex: str) -> PlacementGroup:
+    """A handle on the placement group whose id is ``group_hex`` (Ray has no public constructor from an id)."""
+    return PlacementGroup(PlacementGroupID.from_hex(group_hex))
