@@ -10,7 +10,7 @@ import yaml
 from workflows.training.config_file import ConfigFileError, dump_config, parse_args, settings
 from workflows.tune import build_parser
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_file_values_are_defaults_and_flags_override_them(tmp_path):

@@ -22,7 +22,7 @@ from workflows.training.hyperparams import (
     reported_values,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_initial_population_spans_stable_and_unstable():
