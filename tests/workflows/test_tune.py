@@ -74,7 +74,7 @@ def test_diverging_member_is_exploited_and_continues_from_the_donor(experiment):
     assert not bad["final"]["diverged"]
     assert all(not t["final"]["diverged"] for t in trials.values())
     # Each member kept its one Train run (worker group) across the exploit: Ray 2.60's Tune caches the paused
-    # member's actor while the search is open (workflows.training.ray_private.PopulationSearch), and reset_config keeps
+    # member's actor while the search is open (workflows.tuning.tune_private.PopulationSearch), and reset_config keeps
     # it.
     for trial in trials.values():
         assert len({row["train_run"] for row in trial["history"]}) == 1, trial["history"]

@@ -35,10 +35,10 @@ from workflows.training.cluster import cluster_cpus, cluster_gpus, connect
 from workflows.training.config import TrainConfig, results_location
 from workflows.training.config_file import CONFIG_FILE, write_config
 from workflows.training.hyperparams import INITIAL_LR_RANGE, MUTABLES, NAMES, PopulationOptions, initial_population
-from workflows.training.ray_private import PopulationSearch, apply_tune_settings, quiet_tune_timing_notes
 from workflows.tuning.pbt import MEMBER_KEY, PBTMember, make_scheduler, read_member_logs, remove_train_runs
 from workflows.tuning.progress import TENSORBOARD_DIR, PopulationProgress
 from workflows.tuning.report import format_summary, write_report
+from workflows.tuning.tune_private import PopulationSearch, apply_tune_settings, quiet_tune_timing_notes
 
 EXPERIMENT_FILE = "experiment.json"
 PBT_FILE = "pbt.json"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import logging
 import math
 import os
@@ -31,7 +30,9 @@ from resnet.preflight import check as preflight_check
 from workflows.training.checkpoint import load_checkpoint, run_facts, save_checkpoint, training_state
 from workflows.training.config import TrainConfig
 from workflows.training.hyperparams import apply_to_optimizer, reported_values
+from workflows.training.mailbox import wait_for_command
 from workflows.training.metrics import accuracy_from_confusion, macro_f1_from_confusion
+from workflows.training.placement import current_placement_group, record_placement_group
 from workflows.training.ray_private import quiet_worker_logs
 from workflows.training.shard_cache import CachedShard, as_tensors
 
@@ -48,13 +49,6 @@ EVAL_BATCH_SIZE = 256
 # Rows each worker shuffles locally, in batches, on top of the shuffled block order.
 SHUFFLE_BATCHES = 8
 PREFLIGHT_BATCH = 8
-# Added to a run's first report: the id of the workers' placement group (see workflows.training.launch), removed before
-# the
-# metrics reach anyone.
-PLACEMENT_GROUP_KEY = "_placement_group"
-# A long-lived member's run waits for its next command between epochs (see next_command); rank 0 polls this often.
-COMMAND_POLL_S = 0.01
-STOP_NAME = "stop"
 
 
 def build_model(
@@ -213,13 +207,6 @@ def _preflight(model: nn.Module, optimizer: torch.optim.Optimizer, model_cfg: Re
     preflight_check(model, optimizer, inputs, targets)
 
 
-def _placement_group_hex() -> str:
-    import ray.util
-
-    group = ray.util.get_current_placement_group()
-    return group.id.hex() if group is not None else ""
-
-
 def _restore(model: nn.Module, optimizer: torch.optim.Optimizer, source: str) -> tuple[int, int, dict | None]:
     """Load model and optimizer state from a checkpoint folder; returns its epoch, command number and metrics."""
     state = load_checkpoint(source)
@@ -254,22 +241,6 @@ def next_command(control: str | None, number: int, rank: int, device: torch.devi
     return command
 
 
-def wait_for_command(control: Path, number: int) -> dict[str, Any]:
-    """Poll ``control`` until command ``number`` (or the stop file) appears."""
-    path = control / command_name(number)
-    while True:
-        if (control / STOP_NAME).exists():
-            return {"stop": True}
-        if path.exists():
-            return json.loads(path.read_text())
-        time.sleep(COMMAND_POLL_S)
-
-
-def command_name(number: int) -> str:
-    """File name of command ``number`` in a run's control folder."""
-    return f"command-{number:06d}.json"
-
-
 def _save_and_report(metrics: dict[str, Any], state: dict[str, Any] | None, with_checkpoint: bool, rank: int) -> None:
     """Report one epoch to Ray Train, with a checkpoint written by rank 0 when asked."""
     import ray.train
@@ -291,9 +262,10 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     Args:
         config: ``train`` (the :class:`TrainConfig`), ``metadata`` (the dataset's :class:`PatchMetadata`),
             ``band_stats`` (the training split's :class:`BandStats`), optionally ``resume_from`` (a checkpoint
-            folder to start from), ``stop_file`` (whose appearance ends the run after the current epoch's report)
-            and ``control`` (a folder of commands: the run then waits for one before every epoch, see
-            :func:`next_command`).
+            folder to start from), ``stop_file`` (whose appearance ends the run after the current epoch's report),
+            ``control`` (a folder of commands: the run then waits for one before every epoch, see
+            :func:`next_command`) and ``owner`` (a name under which rank 0 records the workers' placement group, see
+            :mod:`workflows.training.placement`).
     """
     import ray.train
     import ray.train.torch
@@ -306,6 +278,8 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
     control = config.get("control")
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    if rank == 0 and config.get("owner") and (group := current_placement_group()):
+        record_placement_group(config["owner"], group)  # before any work: a process may die at any epoch
     if not cfg.gpu:
         torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
 
@@ -324,7 +298,6 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         CachedShard(ray.train.get_dataset_shard("train"), agree=agree),
         CachedShard(ray.train.get_dataset_shard("val")),
     )
-    first = True
 
     # Loop and report: one epoch per command (or per pass, without a control folder).
     while control is not None or epoch < cfg.epochs:
@@ -344,9 +317,6 @@ def train_func_per_worker(config: dict[str, Any]) -> None:
         else:
             raise RuntimeError(f"asked to train past the last epoch ({cfg.epochs}) without a checkpoint to report")
         metrics["epoch_seconds"] = time.perf_counter() - started
-        if first:
-            metrics[PLACEMENT_GROUP_KEY] = _placement_group_hex()
-            first = False
         with_checkpoint = control is not None or epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs
         state = None
         if with_checkpoint and rank == 0:

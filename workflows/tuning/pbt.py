@@ -8,7 +8,7 @@ for Tune, and an exploit (Tune calls ``reset_config`` with the mutated values, t
 donor's checkpoint) only tells the waiting workers to load the donor's state and train on with the new values.
 
 Tune reuses a paused member's process (``reuse_actors=True``) only while its search may still hand out trials, so
-the search (:class:`workflows.training.ray_private.PopulationSearch`) stays open until every member has ended. A member
+the search (:class:`workflows.tuning.tune_private.PopulationSearch`) stays open until every member has ended. A member
 whose process Tune did not keep starts a new ``TorchTrainer`` from the checkpoint: slower, still correct.
 """
 
@@ -28,8 +28,8 @@ from data.pipeline import BandStats
 from data.storage import Location, locate
 from workflows.training.config import TrainConfig
 from workflows.training.hyperparams import config_values, mutation_spaces
-from workflows.training.launch import MemberRun, unique_run_name
-from workflows.training.ray_private import RecoveringPBT, quiet_member_logs
+from workflows.training.launch import MemberRun, RunInputs, unique_run_name
+from workflows.tuning.tune_private import RecoveringPBT, quiet_member_logs
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,13 @@ class PBTMember(tune.Trainable):
         self.latest_epoch = 0
         self.holds = self.trial_id  # whose training state the run holds
         self.loads = 0
-        inputs = (
-            self.base.replace(**self.hyper),
-            metadata,
-            stats,
-            datasets,
-            storage_path,
-            unique_run_name(f"member-{self.trial_id}"),
+        inputs = RunInputs(
+            config=self.base.replace(**self.hyper),
+            metadata=metadata,
+            stats=stats,
+            datasets=datasets,
+            storage_path=storage_path,
+            name=unique_run_name(f"member-{self.trial_id}"),
         )
         self.member = MemberRun(inputs, owner=f"{log_dir}/{self.trial_id}")
 

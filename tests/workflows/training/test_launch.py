@@ -1,37 +1,58 @@
-"""Launching Train runs: a long-lived PBT member's run, and the placement group a dead predecessor left behind."""
+"""Launching Train runs: how a run's end treats Train's errors, and a long-lived PBT member's run."""
 
+import logging
 import shutil
+import threading
 
 import pytest
-import ray
 from builders import ray_inputs
-from ray.util.placement_group import placement_group, placement_group_table
+from ray.util.placement_group import placement_group_table
 
 from data import DEFAULT_DATASET_DIR
 from data.folder import read_dataset
 from workflows.training.config import GRAD_CLIP, LR, TrainConfig
-from workflows.training.launch import MemberRun, unique_run_name
-from workflows.training.ray_private import record_placement_group, release_placement_group
+from workflows.training.launch import MemberRun, RunInputs, _Run, unique_run_name
+from workflows.training.mailbox import Mailbox, control_folder
+from workflows.training.placement import recorded_placement_group
 
 
-def test_a_recorded_placement_group_is_removed_once(ray_cluster):
-    group = placement_group([{"CPU": 1}])
-    ray.get(group.ready(), timeout=60)
-    record_placement_group("exp/member-a", group.id.hex())
-
-    assert not release_placement_group("exp/member-b"), "another owner's record must not be touched"
-    assert placement_group_table(group)["state"] == "CREATED"
-    assert release_placement_group("exp/member-a")
-    assert placement_group_table(group)["state"] == "REMOVED"
-    assert not release_placement_group("exp/member-a"), "the record is forgotten after the removal"
+class _TrainFailed(Exception):
+    """Stands in for an error Train's fit() raised."""
 
 
-def test_a_record_of_an_already_removed_group_is_harmless(ray_cluster):
-    group = placement_group([{"CPU": 1}])
-    ray.get(group.ready(), timeout=60)
-    ray.util.remove_placement_group(group)
-    record_placement_group("exp/member-c", group.id.hex())
-    assert not release_placement_group("exp/member-c")
+def _ended_run(tmp_path, outcome):
+    """A run whose fit() thread has already ended with ``outcome``."""
+    thread = threading.Thread(target=lambda: None)
+    thread.start()
+    thread.join()
+    mailbox = Mailbox(control_folder(str(tmp_path / "runs"), "r"))
+    return _Run(name="r", mailbox=mailbox, owner=None, thread=thread, outcome=outcome)
+
+
+def test_ending_a_run_that_failed_by_itself_logs_trains_error(tmp_path, caplog):
+    run = _ended_run(tmp_path, {"error": _TrainFailed("worker 1 died")})
+    with caplog.at_level(logging.ERROR, logger="workflows.training.launch"):
+        run.end()  # the caller is already leaving: its own error, not Train's, must propagate
+    assert [record.exc_info[1] for record in caplog.records] == [run.outcome["error"]]
+    assert "worker 1 died" in caplog.text
+    assert not run.control.exists()
+
+
+def test_an_error_already_raised_to_the_caller_is_not_logged_again(tmp_path, caplog):
+    run = _ended_run(tmp_path, {"error": _TrainFailed("gave up")})
+    with pytest.raises(_TrainFailed):
+        run.close()
+    with caplog.at_level(logging.ERROR, logger="workflows.training.launch"):
+        run.end()
+    assert not caplog.records
+
+
+def test_ending_a_run_that_finished_logs_nothing(tmp_path, caplog):
+    run = _ended_run(tmp_path, {"result": "done"})
+    with caplog.at_level(logging.INFO, logger="workflows.training.launch"):
+        run.end()
+    assert not caplog.records
+    assert run.close() == "done"
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +66,17 @@ def test_a_member_run_takes_one_command_per_epoch_and_loads_a_checkpoint_in_plac
     """The long-lived PBT member: two workers, epochs on command, an exploit that is a checkpoint load."""
     dataset, stats, datasets = member_data
     cfg = TrainConfig(epochs=4, channels=16, num_workers=2, cpus_per_worker=0.9, batch_size=64, seed=0)
-    member = MemberRun((cfg, dataset.metadata, stats, datasets, tmp_path / "runs", unique_run_name("m")))
+    inputs = RunInputs(cfg, dataset.metadata, stats, datasets, tmp_path / "runs", unique_run_name("m"))
+    member = MemberRun(inputs, owner="test/member")
     try:
         first, first_checkpoint = member.step({LR: cfg.lr, GRAD_CLIP: cfg.grad_clip})
         kept = tmp_path / "epoch-1"
         shutil.copytree(first_checkpoint, kept)  # as Tune keeps a copy
         second, _ = member.step({LR: cfg.lr, GRAD_CLIP: cfg.grad_clip})
         assert (first["epoch"], second["epoch"]) == (1, 2)
+        assert "_placement_group" not in first, "infrastructure state in the metrics"
+        # Rank 0 recorded the workers' placement group, for the member's next run should this process die.
+        assert placement_group_table()[recorded_placement_group("test/member")]["state"] == "CREATED"
         controllers = {a["ActorID"] for a in alive_actors("TrainController")}
         # The exploit: epoch 1's state back, new settings, the same workers.
         third, _ = member.step({LR: 1e-4, GRAD_CLIP: None}, load=str(kept))
@@ -65,3 +90,4 @@ def test_a_member_run_takes_one_command_per_epoch_and_loads_a_checkpoint_in_plac
         member.stop()
     assert not member.run.thread.is_alive()
     assert not member.control.exists()
+    assert recorded_placement_group("test/member") is None, "the run ended: Train removed the group"

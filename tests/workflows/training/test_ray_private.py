@@ -1,99 +1,95 @@
-"""Pins for workflows/training/ray_private.py that need no cluster: the Ray settings it sets are still read by Ray
-2.60."""
+"""Pins for workflows/training/ray_private.py: Ray 2.60's Train still reads what we set and still has what we override.
 
-from pathlib import Path
+Each test imports the Ray code that consumes a setting or that we override, so it fails when that code changes, not
+merely when a name disappears from Ray's source. None starts a cluster.
+"""
+
+import importlib
+import logging
+import os
+from unittest.mock import MagicMock
 
 import pytest
-import ray
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.train.v2._internal import constants as train_constants
+from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+from ray.train.v2._internal.execution.controller import controller
+from ray.train.v2._internal.execution.worker_group.worker_group import WorkerGroup
 
-from workflows.training.ray_private import TRAIN_ENV, TUNE_ENV, PopulationSearch
+from workflows.training import ray_private
+from workflows.training.ray_private import TRAIN_ENV, TorchTrainerWithoutCleaner, apply_train_settings
 
-RAY_SOURCE = Path(ray.__file__).parent
-
-
-def _ray_reads(name: str) -> bool:
-    """Whether some module of the installed Ray names the environment variable (as its constant's value)."""
-    quoted = (f'"{name}"', f"'{name}'")
-    for path in RAY_SOURCE.rglob("*.py"):
-        text = path.read_text(errors="ignore")
-        if any(q in text for q in quoted):
-            return True
-    return False
-
-
-@pytest.mark.parametrize("name", sorted({**TRAIN_ENV, **TUNE_ENV}))
-def test_every_setting_is_still_read_by_ray(name):
-    assert _ray_reads(name), f"Ray {ray.__version__} no longer reads {name}; see workflows/training/ray_private.py"
+# Our setting -> the name of Ray's constant holding it, as TrainController and WorkerGroup import it.
+TRAIN_CONSTANTS = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "HEALTH_CHECK_INTERVAL_S_ENV_VAR",
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "WORKER_GROUP_START_TIMEOUT_S_ENV_VAR",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "ENABLE_PREEMPTION_WATCHER_ENV_VAR",
+}
 
 
-def test_the_population_search_stays_open_until_every_member_ended():
-    search = PopulationSearch()
-    search._live_trials = {"a", "b"}  # as Ray's generator records the trials it handed out
-    search.set_finished()  # Ray calls this when the grid is handed out
-    assert not search.is_finished(), "a finished search makes Tune stop keeping paused members' processes"
-    search.on_trial_complete("a")
-    assert not search.is_finished()
-    search.on_trial_complete("b")
-    assert search.is_finished()
+def test_every_train_setting_is_pinned():
+    assert set(TRAIN_ENV) == set(TRAIN_CONSTANTS)
 
 
-def test_a_member_in_trouble_is_diverged_or_near_chance_after_its_first_interval():
-    from workflows.tuning.pbt import make_scheduler
-
-    scheduler = make_scheduler(perturbation_interval=5, seed=0, num_classes=7, metric="val_acc", mode="max")
-    assert scheduler._in_trouble({"epoch": 1, "val_acc": 0.9, "diverged": True})
-    assert not scheduler._in_trouble({"epoch": 4, "val_acc": 0.15, "diverged": False}), "too early to call it stuck"
-    assert scheduler._in_trouble({"epoch": 5, "val_acc": 0.15, "diverged": False})
-    assert not scheduler._in_trouble({"epoch": 5, "val_acc": 0.6, "diverged": False})
+@pytest.mark.parametrize("name", sorted(TRAIN_CONSTANTS))
+def test_train_passes_each_setting_from_the_caller_to_its_controller_and_workers(name):
+    # We set them in the process that calls fit(); Train copies only these to the controller and workers.
+    assert getattr(train_constants, TRAIN_CONSTANTS[name]) == name
+    assert name in train_constants.ENV_VARS_TO_PROPAGATE
 
 
-class _Member:
-    """What RecoveringPBT reads of a Tune trial."""
-
-    def __init__(self, name: str) -> None:
-        self.experiment_tag = name
-        self.checkpoint = f"{name}-latest"
-        self.status = "RUNNING"
+@pytest.mark.parametrize("name", ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"])
+def test_the_train_controller_reads_its_settings_when_built(name):
+    constant = TRAIN_CONSTANTS[name]
+    assert getattr(controller, constant) == name
+    assert constant in controller.TrainController.__init__.__code__.co_names
 
 
-def _report(epoch: int, val_acc: float, diverged: bool = False) -> dict:
-    return {"epoch": epoch, "training_iteration": epoch, "val_acc": val_acc, "diverged": diverged}
+def test_the_preemption_watcher_setting_turns_it_off(monkeypatch):
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", TRAIN_ENV["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"])
+    assert not controller.ray_constants.env_bool(
+        controller.ENABLE_PREEMPTION_WATCHER_ENV_VAR, controller.DEFAULT_ENABLE_PREEMPTION_WATCHER
+    )
 
 
-def _rescuer(monkeypatch):
-    """A scheduler for 7 classes (interval 5) whose exploits are recorded, and two members it tracks."""
-    from ray.tune.schedulers import PopulationBasedTraining
-    from ray.tune.schedulers.pbt import _PBTTrialState
-
-    from workflows.tuning.pbt import make_scheduler
-
-    scheduler = make_scheduler(perturbation_interval=5, seed=0, num_classes=7, metric="val_acc", mode="max")
-    exploits = []
-    monkeypatch.setattr(scheduler, "_exploit", lambda controller, trial, donor: exploits.append((trial, donor)))
-    monkeypatch.setattr(PopulationBasedTraining, "on_trial_result", lambda *args: "CONTINUE")
-    sick, healthy = _Member("sick"), _Member("healthy")
-    for member in (sick, healthy):
-        scheduler._trial_state[member] = _PBTTrialState(member)
-    return scheduler, exploits, sick, healthy
+def test_a_worker_group_takes_its_start_timeout_from_the_environment(monkeypatch):
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", TRAIN_ENV["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"])
+    group = WorkerGroup(MagicMock(), MagicMock())
+    assert group._worker_group_start_timeout_s == float(TRAIN_ENV["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"])
 
 
-def test_a_member_that_diverged_before_any_donor_is_replaced_at_its_next_report_while_at_chance(monkeypatch):
-    scheduler, exploits, sick, healthy = _rescuer(monkeypatch)
-    scheduler.on_trial_result(None, sick, _report(1, 0.14, diverged=True))  # nobody has reported: no donor
-    assert exploits == []
-    scheduler.on_trial_result(None, healthy, _report(1, 0.70))
-    # Epoch 2 is finite again but still at chance, inside the first interval: still the diverged weights.
-    assert scheduler.on_trial_result(None, sick, _report(2, 0.15)) == "NOOP"
-    assert exploits == [(sick, healthy)]
-    # Replaced: an early low score is no longer trouble before the first interval ends.
-    scheduler.on_trial_result(None, sick, _report(3, 0.15))
-    assert len(exploits) == 1
+def test_a_value_the_user_set_wins(monkeypatch):
+    for name in TRAIN_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1.5")
+    apply_train_settings()
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "1.5"
+    assert os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] == TRAIN_ENV["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"]
 
 
-def test_a_member_that_climbed_above_chance_after_diverging_is_left_alone(monkeypatch):
-    scheduler, exploits, sick, healthy = _rescuer(monkeypatch)
-    scheduler.on_trial_result(None, sick, _report(1, 0.14, diverged=True))
-    scheduler.on_trial_result(None, sick, _report(2, 0.50))  # recovered by itself
-    scheduler.on_trial_result(None, healthy, _report(1, 0.70))
-    scheduler.on_trial_result(None, sick, _report(3, 0.15))
-    assert exploits == [], "inside the first interval a low score alone is not trouble"
+def _default_callbacks(trainer_class, tmp_path):
+    trainer = trainer_class(
+        lambda: None,
+        scaling_config=ScalingConfig(num_workers=1),
+        run_config=RunConfig(name="pin", storage_path=str(tmp_path)),
+    )
+    return [type(callback) for callback in trainer._create_default_callbacks()]
+
+
+def test_a_stock_trainer_has_the_placement_group_cleaner_and_ours_does_not(tmp_path):
+    stock = _default_callbacks(TorchTrainer, tmp_path)
+    ours = _default_callbacks(TorchTrainerWithoutCleaner, tmp_path)
+    assert PlacementGroupCleanerCallback in stock, "Ray no longer adds the cleaner here: the override does nothing"
+    assert PlacementGroupCleanerCallback not in ours
+    assert ours == [kind for kind in stock if kind is not PlacementGroupCleanerCallback]
+
+
+def test_the_loggers_we_quiet_are_the_ones_ray_logs_on():
+    progress = importlib.import_module(ray_private.RAY_DATA_PROGRESS_LOGGER)
+    assert progress.logger.name == ray_private.RAY_DATA_PROGRESS_LOGGER
+    for name in ray_private.RAY_DATA_UDF_ERROR_LOGGERS:
+        assert importlib.import_module(name).logger.name == name
+    from ray.train.v2._internal.execution import context as train_context
+
+    assert train_context.logger is logging.getLogger(train_context.__file__)
