@@ -5,10 +5,11 @@ member (so a one-model bundle is laid out as in version 1), ``weights-1.pt``, ``
 Each holds only a model's ``state_dict`` (tensors, so it loads with ``torch.load(..., weights_only=True)``).
 ``bundle.json`` holds everything needed to use them: the format version, the ``model_config``, the training split's
 ``band_stats``, the data ``metadata`` (bands, patch size, classes, units), the ``train_config``, optional ``metrics``,
-the best member's ``source_checkpoint`` and ``epoch``, and (version 2) the ``members`` (file, trial id, final
-validation metric, epoch, source checkpoint), the ``tta_views`` (the augmentation group the members were trained
-with) and the default ``prediction`` mode (``ensemble`` and ``tta``, both on when exported). A version-1 bundle loads
-as one member whose default is its plain prediction. :func:`load_bundle` checks all of it and
+the best member's ``source_checkpoint`` and ``epoch``, and (from version 2) the ``members`` (file, trial id, final
+validation metric, epoch, source checkpoint), the ``tta_augment`` (the augmentation group the members were trained
+with, whose views test-time augmentation averages over; version 2 called it ``tta_views``) and the default
+``prediction`` mode (``ensemble`` and ``tta``, both on when exported). A version-1 bundle loads as one member whose
+default is its plain prediction. :func:`load_bundle` checks all of it and
 :func:`check_compatible` checks input data against it; both raise :class:`BundleError` with one line naming the file
 and what is wrong.
 """
@@ -40,10 +41,12 @@ BUNDLE_DIR = "bundle"  # a results folder's bundle (train.py's and tune.py's)
 # Weights file names of the members after the best one: weights-1.pt, weights-2.pt, ...
 MEMBER_FILE_PATTERN = re.compile(r"weights(?:-[1-9][0-9]*)?\.pt")
 BUNDLE_FORMAT = "satresnet-model-bundle"
-BUNDLE_VERSION = 2
-READABLE_VERSIONS = (1, BUNDLE_VERSION)  # version 1: weights.pt alone, no members, views or prediction mode
+BUNDLE_VERSION = 3
+READABLE_VERSIONS = (1, 2, BUNDLE_VERSION)  # version 1: weights.pt alone, no members, TTA group or prediction mode
 REQUIRED_KEYS = ("format", "version", "model_config", "band_stats", "metadata")
-ENSEMBLE_KEYS = ("members", "tta_views", "prediction")  # required from version 2
+# The augmentation group whose views TTA averages over; version 2 named the key after the views.
+TTA_KEY = "tta_augment"
+ENSEMBLE_KEYS = ("members", "prediction")  # required from version 2, beside the TTA group
 
 
 class BundleError(ValueError):
@@ -143,8 +146,8 @@ def export_bundle(
     """Write the bundle of one or more training checkpoints atomically (a temporary sibling, validated, renamed).
 
     Args:
-        checkpoint_dirs: A checkpoint folder written by ``workflows.training.loop.save_checkpoint``, or several (an
-            ensemble's members, the best first) that share network, statistics and metadata.
+        checkpoint_dirs: A checkpoint folder (:func:`workflows.training.checkpoint.save_checkpoint`), or several
+            (an ensemble's members, the best first) that share network, statistics and metadata.
         bundle_dir: The bundle folder to create.
         members: JSON-serialisable values recorded with each member (for example its trial id and final
             validation metric), one mapping per checkpoint.
@@ -194,7 +197,7 @@ def export_bundle(
         "source_checkpoint": records[0]["source_checkpoint"],
         "epoch": records[0]["epoch"],
         "members": records,
-        "tta_views": augment,
+        TTA_KEY: augment,
         "prediction": mode.to_dict(),
     }
     info.update(extra or {})
@@ -262,19 +265,25 @@ def _ensemble(
             )
     if len(set(files)) != len(files):
         raise BundleError(f"{path}: members share a weights file ({brief_list(files)}); each needs its own")
-    views = _views(path, {"augment": info["tta_views"]}, metadata)
+    key = _tta_key(info["version"])
+    views = _views(path, {"augment": info[key]}, metadata, key)
     mode = info["prediction"]
     if not isinstance(mode, dict) or not all(isinstance(mode.get(key), bool) for key in ("ensemble", "tta")):
         raise BundleError(f"{path}: 'prediction' must be an object with true/false 'ensemble' and 'tta'")
     return files, views, PredictionMode(ensemble=mode["ensemble"], tta=mode["tta"])
 
 
-def _views(path: Path, train_config: Any, metadata: PatchMetadata) -> np.ndarray:
+def _tta_key(version: int) -> str:
+    """The key of the TTA group in a bundle of this version (2 or later)."""
+    return "tta_views" if version == 2 else TTA_KEY
+
+
+def _views(path: Path, train_config: Any, metadata: PatchMetadata, key: str = "train_config") -> np.ndarray:
     """The TTA views of the augmentation a training config names (its default where it names none)."""
     try:
         return tta_views(train_config, metadata)[1]
     except (ValueError, TypeError, AttributeError) as err:
-        raise BundleError(f"{path}: 'tta_views' is invalid ({one_line(err)})") from None
+        raise BundleError(f"{path}: {key!r} is invalid ({one_line(err)})") from None
 
 
 def _read_info(path: Path) -> dict[str, Any]:
@@ -293,7 +302,8 @@ def _read_info(path: Path) -> dict[str, Any]:
         raise BundleError(
             f"{path}: bundle version {info['version']!r}, this code reads versions {brief_list(READABLE_VERSIONS)}"
         )
-    missing = [key for key in ENSEMBLE_KEYS if key not in info] if info["version"] >= 2 else []
+    needed = (*ENSEMBLE_KEYS, _tta_key(info["version"])) if info["version"] >= 2 else ()
+    missing = [key for key in needed if key not in info]
     if missing:
         raise BundleError(f"{path}: lacks {', '.join(missing)}")
     return info

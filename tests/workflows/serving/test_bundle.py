@@ -76,7 +76,7 @@ def test_round_trip_gives_the_checkpoint_model_and_statistics(checkpoint, bundle
     expected = predict_probabilities(model_from_state(state), pixels, loaded.band_stats)
     np.testing.assert_array_equal(loaded.predict_probabilities(pixels, tta=False), expected)
     assert loaded.mode == PredictionMode(ensemble=True, tta=True)  # the shipped default
-    assert loaded.info["members"][0]["file"] == WEIGHTS_FILE and loaded.info["tta_views"] == "d4"
+    assert loaded.info["members"][0]["file"] == WEIGHTS_FILE and loaded.info["tta_augment"] == "d4"
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +120,13 @@ def test_ensemble_bundle_averages_its_members_probabilities(members, ensemble):
 def test_a_model_trained_without_augmentation_predicts_one_view(tmp_path):
     checkpoint = make_checkpoint(tmp_path / "ck", augment="none")
     loaded = load_bundle(export_bundle(checkpoint, tmp_path / "bundle"))
-    assert loaded.info["tta_views"] == "none" and loaded.views.tolist() == [0]
+    assert loaded.info["tta_augment"] == "none" and loaded.views.tolist() == [0]
     pixels = generate({"test": 21}, seed=9).test.pixels
     np.testing.assert_array_equal(loaded.predict_probabilities(pixels), loaded.predict_probabilities(pixels, tta=False))
 
 
 def test_a_version_1_bundle_loads_as_one_member_without_tta(checkpoint, bundle):
-    rewrite_info(bundle, lambda info: [info.pop(key) for key in ("members", "tta_views", "prediction")])
+    rewrite_info(bundle, lambda info: [info.pop(key) for key in ("members", "tta_augment", "prediction")])
     rewrite_info(bundle, lambda info: info.update(version=1))
     loaded = load_bundle(bundle)
     assert len(loaded.models) == 1 and loaded.mode == LEGACY_MODE
@@ -134,6 +134,13 @@ def test_a_version_1_bundle_loads_as_one_member_without_tta(checkpoint, bundle):
     pixels = generate({"test": 21}, seed=9).test.pixels
     expected = predict_probabilities(model_from_state(load_checkpoint(checkpoint)), pixels, loaded.band_stats)
     np.testing.assert_array_equal(loaded.predict_probabilities(pixels), expected)
+
+
+def test_a_version_2_bundle_names_its_tta_group_tta_views(bundle):
+    rewrite_info(bundle, lambda info: info.update(version=2, tta_views=info.pop("tta_augment")))
+    assert len(load_bundle(bundle).views) == 8
+    rewrite_info(bundle, lambda info: info.pop("tta_views"))
+    assert_one_line_error(bundle, "lacks tta_views")
 
 
 def test_members_that_disagree_are_refused(members, tmp_path):
@@ -163,9 +170,9 @@ def test_a_missing_or_misnamed_member_file(ensemble):
 def test_invalid_ensemble_records(ensemble):
     rewrite_info(ensemble, lambda info: info.update(members=[]))
     assert_one_line_error(ensemble, "'members' must be a non-empty list")
-    rewrite_info(ensemble, lambda info: info.update(members=[{"file": WEIGHTS_FILE}], tta_views="spin"))
-    assert_one_line_error(ensemble, "'tta_views' is invalid", "spin")
-    rewrite_info(ensemble, lambda info: info.update(tta_views="d4", prediction={"ensemble": "yes", "tta": True}))
+    rewrite_info(ensemble, lambda info: info.update(members=[{"file": WEIGHTS_FILE}], tta_augment="spin"))
+    assert_one_line_error(ensemble, "'tta_augment' is invalid", "spin")
+    rewrite_info(ensemble, lambda info: info.update(tta_augment="d4", prediction={"ensemble": "yes", "tta": True}))
     assert_one_line_error(ensemble, "'prediction' must be an object")
     rewrite_info(ensemble, lambda info: info.pop("prediction"))
     assert_one_line_error(ensemble, "lacks prediction")
