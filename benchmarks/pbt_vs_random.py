@@ -44,7 +44,7 @@ from data import DEFAULT_DATASET_DIR  # noqa: E402
 from data.folder import read_dataset  # noqa: E402
 from data.format import PatchDataset, PatchFormatError  # noqa: E402
 from workflows.jobs.experiment import TUNE_DIR, ExperimentConfig, format_outcome, tune_experiment  # noqa: E402
-from workflows.serving.evaluate import evaluate_checkpoint  # noqa: E402
+from workflows.serving.evaluate import evaluate_members  # noqa: E402
 from workflows.training.config import TrainConfig  # noqa: E402
 from workflows.training.hyperparams import CLIP_CHOICES, INITIAL_LR_RANGE  # noqa: E402
 from workflows.tuning.pbt import TRIAL_FOLDER_GLOB  # noqa: E402
@@ -66,6 +66,11 @@ def random_members(count: int, lr_range: tuple[float, float], epochs: int, seed:
         lr = math.exp(log_lr)
         members.append(Member(f"random-{index}", [Row(e, lr, clip) for e in range(1, epochs + 1)]))
     return members
+
+
+def single_accuracy(checkpoint: Path, split: Any) -> float:
+    """One checkpoint's test accuracy alone, without TTA."""
+    return evaluate_members([checkpoint], split)["variants"]["single"]["accuracy"]
 
 
 def final_checkpoints(tune_dir: Path) -> dict[str, Path]:
@@ -97,7 +102,7 @@ def run_pbt(args: argparse.Namespace, dataset: PatchDataset, seed: int, results:
     return {
         "wall": wall,
         "best": best["accuracy"],
-        "accuracies": [evaluate_checkpoint(checkpoint, dataset.test)["accuracy"] for checkpoint in checkpoints],
+        "accuracies": [single_accuracy(checkpoint, dataset.test) for checkpoint in checkpoints],
         "diverged": sum(1 for t in record["trials"].values() if t["final"]["diverged"]),
         "exploits": sum(len(t["exploits"]) for t in record["trials"].values()),
     }

@@ -46,7 +46,7 @@ from data.pipeline import LABEL_COLUMN, PIXELS_COLUMN, BandStats, D4Collate, nor
 from data.synthetic import generate  # noqa: E402
 from data.writing import write_dataset  # noqa: E402
 from workflows.jobs.inputs import build_inputs, open_inputs  # noqa: E402
-from workflows.serving.evaluate import evaluate_checkpoint  # noqa: E402
+from workflows.serving.evaluate import evaluate_members  # noqa: E402
 from workflows.training.cluster import connect  # noqa: E402
 from workflows.training.config import TrainConfig  # noqa: E402
 from workflows.training.launch import run_training, unique_run_name  # noqa: E402
@@ -242,11 +242,12 @@ def accuracy(quick: bool, storage: Path) -> list[float]:
         outcome = run_training(cfg, dataset.metadata, stats, datasets, storage, unique_run_name(f"acc-{seed}"))
         if outcome.best_checkpoint is None:
             raise RuntimeError(f"seed {seed}: the run left no checkpoint")
-        metrics = evaluate_checkpoint(outcome.best_checkpoint, dataset.test)
+        evaluated = evaluate_members([outcome.best_checkpoint], dataset.test)
+        metrics = evaluated["variants"]["single"]  # the checkpoint alone, without TTA
         scores.append(metrics["accuracy"])
         print(
             f"seed {seed}: {cfg.epochs} epochs x {cfg.num_workers} workers in {time.perf_counter() - started:.0f} s; "
-            f"best epoch {metrics['checkpoint_epoch']} (val_acc {outcome.best_metrics['val_acc']:.4f}); "
+            f"best epoch {evaluated['checkpoint_epoch']} (val_acc {outcome.best_metrics['val_acc']:.4f}); "
             f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}",
             flush=True,
         )

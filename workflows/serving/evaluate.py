@@ -209,22 +209,6 @@ def confusion_metrics(confusion: np.ndarray) -> dict[str, float]:
     return {"accuracy": accuracy_from_confusion(confusion), "macro_f1": macro_f1_from_confusion(confusion)}
 
 
-def evaluate_checkpoint(checkpoint_dir: str | os.PathLike, split: PatchSplit) -> dict[str, Any]:
-    """Evaluate one training checkpoint on a labelled split, without TTA, in this process (no Ray needed).
-
-    Raises:
-        ValueError: The checkpoint is unreadable or the split does not match it.
-    """
-    state = load_checkpoint(checkpoint_dir)
-    metadata = PatchMetadata.from_json(state["metadata"])
-    _check_split(split.pixels, split.labels, metadata)
-    stats = BandStats.from_dict(state["band_stats"])
-    probabilities = predict_probabilities(model_from_state(state), split.pixels, stats)
-    metrics = classification_metrics(split.labels, probabilities.argmax(axis=1), list(metadata.classes))
-    metrics["checkpoint_epoch"] = int(state["epoch"])
-    return metrics
-
-
 def evaluate_members(
     checkpoint_dirs: Sequence[str | os.PathLike], split: PatchSplit | LabelledBatches
 ) -> dict[str, Any]:

@@ -1,12 +1,10 @@
 """A Train worker's dataset shard kept in its own memory after the first pass, when it is small.
 
-Every pass over a Ray Data shard starts a streaming execution: in a default PBT run (4 members on 2 CPUs, two passes
-an epoch each, training and validation) Ray Data's own actors took about 7 % of the CPU, and a pass over the default
-training and validation splits cost about 64 ms of CPU in the reading process against 0.4 CPU-s for the epoch's
-compute (measured 2026-12-02, see docs/BENCHMARKS.md). A shard that fits in :data:`WORKER_CACHE_BYTES` is therefore read
-from Ray Data once, in the first epoch, and later epochs draw from the copy: training rows in a new random order each
-epoch (a full permutation, seeded per epoch), validation rows in the order of the first pass. A larger shard is read
-from Ray Data every epoch, as before.
+Every pass over a Ray Data shard starts a streaming execution, whose CPU is a large share of a small model's epoch
+(docs/BENCHMARKS.md has the figures). A shard that fits in :data:`WORKER_CACHE_BYTES` is therefore read from Ray Data
+once, in the first epoch, and later epochs draw from the copy: training rows in a new random order each epoch (a full
+permutation, seeded per epoch), validation rows in the order of the first pass. A larger shard is read from Ray Data
+every epoch.
 
 With several workers the training shards come from one ``streaming_split``, whose coordinator needs every worker to
 read every epoch; the workers therefore agree (an all-reduce) to keep their copies or all drop them.
@@ -46,11 +44,6 @@ class CachedShard:
         self._agree = agree
         self._arrays: tuple[np.ndarray, np.ndarray] | None = None
         self._streams = False  # a pass found the shard too large: read from Ray Data every time
-
-    @property
-    def cached(self) -> bool:
-        """Whether the passes now come from this worker's copy."""
-        return self._arrays is not None
 
     def batches(self, batch_size: int, shuffle_seed: int | None = None, shuffle_buffer: int = 0) -> Iterator[Batch]:
         """One pass of numpy batches (``pixels`` (B, C, H, W) float32, ``label`` (B,) int64).
