@@ -2,7 +2,7 @@
 
 (a) Logistic regression (standardised) on the per-band patch means: what the mean spectrum alone gives.
 (b) A random forest on all pixels flattened: spectra plus whatever spatial detail a forest can use.
-A CNN that exploits texture should beat both; DESIGN.md asks the default dataset to leave room for that.
+A CNN that exploits texture should beat both; docs/DESIGN.md asks the default dataset to leave room for that.
 
 The dataset is a folder (``--data``, default the embedded dataset) or a synthetic preset generated in memory for
 each of several generator seeds (``--preset small-patch --generator-seeds 0 1 2``), reported per seed and as mean

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
-# Shape of the embedded default dataset (DESIGN.md, "The embedded default dataset"): 14 bands, 8x8 pixels,
+# Shape of the embedded default dataset (docs/DESIGN.md, "The embedded default dataset"): 14 bands, 8x8 pixels,
 # 7 classes. Only ``ResNetConfig.default()`` (the CLI and benchmarks) uses it; training derives the shape from the
 # dataset's metadata through ``ResNetConfig.from_metadata``.
 DEFAULT_IN_CHANNELS = 14

@@ -1,6 +1,6 @@
 """A PBT experiment as a library call: ``tune_experiment(ExperimentConfig(...))`` returns an :class:`ExperimentResult`.
 
-The steps follow the data flow of ``shared/DESIGN.md``: the experiment's settings (checked, or read back on
+The steps follow the data flow of ``docs/DESIGN.md``: the experiment's settings (checked, or read back on
 resume), the dataset and its training statistics, the members' shared training settings sized to the cluster,
 Tune's population under PBT, then the shipped ensemble's test, bundle, ``pbt.json`` and report. ``workflows/tune.py``
 is the command line around it; a notebook calls it directly::
@@ -50,8 +50,8 @@ REPORT_DIR = "report"
 KEEP_TUNE_CHECKPOINTS = 6
 # Smallest CPU share a member's worker gets; below it a member would crawl.
 MIN_CPUS_PER_WORKER = 0.25
-# The Tune function only waits on its TorchTrainer; it must still ask for some CPU (zero is refused).
-TRIAL_FUNCTION_CPUS = 0.01
+# A member's own Tune actor only waits on its TorchTrainer; it must still ask for some CPU (zero is refused).
+MEMBER_ACTOR_CPUS = 0.01
 # Settings about one invocation, not the experiment: never kept in the experiment's files.
 INVOCATION_ONLY = ("resume", "overwrite")
 
@@ -174,7 +174,7 @@ def tune_experiment(config: ExperimentConfig) -> ExperimentResult:
                 storage_path=results.join(TRAIN_RUNS_DIR).uri,
                 log_dir=results.join(MEMBER_LOGS_DIR).uri,
             ),
-            {"cpu": TRIAL_FUNCTION_CPUS},
+            {"cpu": MEMBER_ACTOR_CPUS},
         )
         tuner = _make_tuner(config, trainable, base, concurrent, inputs.metadata.num_classes, results, staging)
         apply_tune_settings()
@@ -243,7 +243,7 @@ def size_members(cpus: float, population: int, workers: int, requested: float | 
     Returns:
         The CPU share of each worker and how many members run at once.
     """
-    free = cpus - population * TRIAL_FUNCTION_CPUS  # each member's Tune function holds a sliver too
+    free = cpus - population * MEMBER_ACTOR_CPUS  # each member's Tune actor holds a sliver too
     share = requested or max(MIN_CPUS_PER_WORKER, free / (population * workers))
     share = math.floor(share) if share >= 1 else math.floor(share * 20) / 20
     concurrent = max(1, min(population, int(free / (workers * share) + 1e-6)))
@@ -303,9 +303,8 @@ def _member_config(config: ExperimentConfig) -> tuple[TrainConfig, int]:
         concurrent = max(1, min(config.population, int(cluster_gpus() // workers)))
     base = config.training.replace(
         cpus_per_worker=share,
-        # A member reports a checkpoint every epoch (4.3 MB, 11-16 ms to write and copy here), so that a member in
-        # trouble can be replaced by the best member's latest state at once; Train keeps the latest two, Tune
-        # copies what it needs.
+        # A member reports a (small, quickly written) checkpoint every epoch, so that a member in trouble can be
+        # replaced by the best member's latest state at once; Train keeps the latest two, Tune copies what it needs.
         checkpoint_every=1,
         keep_checkpoints=2,
     )
@@ -347,9 +346,9 @@ def _make_tuner(
             checkpoint_config=tune.CheckpointConfig(
                 checkpoint_frequency=1,
                 checkpoint_at_end=True,
-                # Per member, 4.3 MB each here. A donor's checkpoint must outlive the exploit decision until the
-                # clone has loaded it: with the member's process kept that is the next second (epochs take
-                # 0.5-2 s), and a clone that needs a new process takes 5-10 s more.
+                # Per member. A donor's checkpoint must outlive the exploit decision until the clone has loaded
+                # it: with the member's process kept that is within an epoch, and a clone that needs a new
+                # process takes several seconds more.
                 num_to_keep=KEEP_TUNE_CHECKPOINTS,
             ),
             failure_config=tune.FailureConfig(max_failures=1),

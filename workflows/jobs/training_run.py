@@ -1,6 +1,6 @@
 """One training run as a library call: ``train_run(TrainJob(...))`` returns a :class:`TrainResult`.
 
-The steps follow the data flow of ``shared/DESIGN.md``: the run's settings (checked before the data is read and Ray
+The steps follow the data flow of ``docs/DESIGN.md``: the run's settings (checked before the data is read and Ray
 starts), the dataset and its training statistics, Ray Data's datasets, one Ray Train run (a line and a TensorBoard
 point per epoch), then the best checkpoint's test, the baselines and the model bundle. ``workflows/train.py`` is the
 command line around it; a notebook calls it directly::

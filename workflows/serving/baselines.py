@@ -36,12 +36,9 @@ log = logging.getLogger(__name__)
 FOREST_TREES = 500
 FOREST_SEED = 0
 LOGISTIC_MAX_ITER = 5000
-# Training-split size, in patches x features, above which a baseline is skipped so that it ends in about a minute.
-# Measured on 2 cores (scikit-learn, fit and test prediction): the forest (500 trees, n_jobs=-1) took 1.8 s on the
-# default dataset (588 patches x 896 pixel values = 0.53M) and, on noisy copies of it (harder, so deeper trees),
-# 5 s at 0.53M, 30 s at 2.1M and 176 s at 8.4M: time grows a little faster than the size, about a minute at 3.5M.
-# Logistic regression on band means took 8 s at 0.82M (58,800 patches x 14 bands) and 23 s at 3.3M, about a minute
-# at 8M. More cores only make the forest faster.
+# Training-split size, in patches x features, above which a baseline is skipped so that it ends in about a minute
+# on 2 cores (fit and test prediction; the timings behind these limits are in docs/BENCHMARKS.md). More cores only
+# make the forest faster.
 FOREST_MAX_CELLS = 3_500_000
 LOGISTIC_MAX_CELLS = 8_000_000
 

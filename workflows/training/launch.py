@@ -203,8 +203,8 @@ _RUNNING: dict[Path, _Run] = {}
 def _stop_runs_at_exit() -> None:
     """Ask this process's runs to stop, and give them time to, before the process ends.
 
-    Tune ends a replaced PBT member's process right after telling the member to stop (a function trainable's
-    cleanup does not wait for it), and Ray sends the process SIGTERM, which Ray turns into ``SystemExit``: the
+    Tune ends a replaced PBT member's process right after telling the member to stop (its cleanup does not wait
+    for the member's run), and Ray sends the process SIGTERM, which Ray turns into ``SystemExit``: the
     interpreter then runs this. A run whose process died mid-epoch would count as a failed task and leave its
     placement group behind.
     """

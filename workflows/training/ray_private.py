@@ -37,8 +37,8 @@ from ray.util.placement_group import PlacementGroup
 
 # Ray Train settings, read from the environment of the process that calls fit() and passed on to the controller.
 TRAIN_ENV = {
-    # The controller collects reports when it polls the workers, and a worker's report waits for that: Ray's 2 s
-    # default made every epoch of a small model last 2 s (measured: 0.5 s of work, reports exactly 2.0 s apart).
+    # The controller collects reports when it polls the workers, and a worker's report waits for that: with Ray's
+    # 2 s default, no epoch of a small model is shorter than 2 s.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     # A worker group may wait for CPUs a replaced PBT member is still giving back; 60 s each try by default.
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "120",
