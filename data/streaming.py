@@ -37,6 +37,13 @@ MATERIALIZE_SHARE = 0.3
 # Blocks of each materialised split: enough that two or more workers each get several, and that shuffling blocks
 # mixes the order.
 DEFAULT_BLOCKS = 8
+# Ray Data 2.60's Parquet reader lists a read's files on a pool of footer-reading actors (32 by default, whatever
+# the number of files) and kills the pool once the listing is done: the actors not yet started count as failed tasks
+# on the dashboard, in a run where nothing failed, and each is one more process to start. One actor reads the small
+# footers of our few files, concurrently. Read by Ray where a read is planned, in this process; a value the user set
+# is kept.
+FOOTER_ACTORS_SETTING = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+FOOTER_ACTORS = 1
 # Rows per batch of the driver's own pass over a split (the baselines), about 14 MB of the default dataset's patches.
 DRIVER_BATCH_ROWS = 4096
 
@@ -187,6 +194,19 @@ def combine_moments(counts: np.ndarray, means: np.ndarray, m2s: np.ndarray) -> B
     return BandStats(mean=mean, std=np.maximum(np.sqrt(m2 / total), MIN_STD))
 
 
+def read_parquet(path: str, **options: Any) -> Any:
+    """``ray.data.read_parquet(path, **options)`` with :data:`FOOTER_ACTORS` footer readers (Ray connected)."""
+    import ray.data
+
+    if FOOTER_ACTORS_SETTING in os.environ:
+        return ray.data.read_parquet(path, **options)
+    os.environ[FOOTER_ACTORS_SETTING] = str(FOOTER_ACTORS)
+    try:
+        return ray.data.read_parquet(path, **options)
+    finally:
+        os.environ.pop(FOOTER_ACTORS_SETTING, None)
+
+
 def _prepare_context() -> None:
     import ray.data
 
@@ -204,11 +224,9 @@ def streamed_band_stats(files: DatasetFiles) -> tuple[BandStats, np.ndarray]:
         PatchRowError: A row is bad (the message names the file and row).
         PatchFormatError: A column has the wrong type.
     """
-    import ray.data
-
     _prepare_context()
     path = str(files.files["train"])
-    ds = ray.data.read_parquet(path).select_columns([PATCH_ID, PIXELS, LABEL])
+    ds = read_parquet(path).select_columns([PATCH_ID, PIXELS, LABEL])
     ds = ds.map_batches(
         _block_moments,
         batch_format="pyarrow",
@@ -263,7 +281,7 @@ def stream_ray_datasets(
     built = {}
     for name in splits:
         path = str(files.files[name])
-        ds = ray.data.read_parquet(path).select_columns([PATCH_ID, PIXELS, LABEL])
+        ds = read_parquet(path).select_columns([PATCH_ID, PIXELS, LABEL])
         ds = ds.map_batches(
             _normalised_block,
             batch_format="pyarrow",

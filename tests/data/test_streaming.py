@@ -1,5 +1,6 @@
 """Ray Data reads of a dataset folder: footer checks, exact streamed statistics, per-block row checks, the datasets."""
 
+import os
 import shutil
 
 import numpy as np
@@ -14,8 +15,11 @@ from data.folder import read_dataset
 from data.format import PatchFormatError, PatchRowError
 from data.pipeline import LABEL_COLUMN, MIN_STD, PIXELS_COLUMN, normalise
 from data.streaming import (
+    FOOTER_ACTORS,
+    FOOTER_ACTORS_SETTING,
     combine_moments,
     open_dataset_files,
+    read_parquet,
     split_batches,
     stream_ray_datasets,
     streamed_band_stats,
@@ -196,3 +200,41 @@ def test_a_bad_label_in_a_file_to_carve_is_found_before_ray_starts(tmp_path):
     pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.array(labels)), path)
     with pytest.raises(PatchRowError, match=r"patches\.parquet: row 400: unknown label 'moon'"):
         open_dataset_files(folder)
+
+
+def _footer_readers() -> int:
+    """Ray Data's footer-reading actors this cluster has started so far, in any state (read from Ray's GCS)."""
+    from ray._private import state
+
+    return sum(1 for actor in state.actors().values() if actor["ActorClassName"] == "FooterReader")
+
+
+def test_each_read_starts_one_footer_reader(ray_cluster, dataset, monkeypatch):
+    # Ray's default pool (32 actors a read, killed after the listing) showed a normal run as 93 failed tasks.
+    monkeypatch.delenv(FOOTER_ACTORS_SETTING, raising=False)
+    files = open_dataset_files(DEFAULT_DATASET_DIR)
+    before = _footer_readers()
+    stats, _ = streamed_band_stats(files)  # one read
+    stream_ray_datasets(files, stats)  # two reads
+    assert _footer_readers() - before == 3 * FOOTER_ACTORS
+    assert FOOTER_ACTORS_SETTING not in os.environ  # set for the planning of each read only
+
+
+def test_a_footer_reader_count_the_user_set_is_kept(monkeypatch):
+    seen = []
+    monkeypatch.setattr(
+        "ray.data.read_parquet", lambda path, **options: seen.append(os.environ.get(FOOTER_ACTORS_SETTING))
+    )
+    read_parquet("x.parquet")
+    monkeypatch.setenv(FOOTER_ACTORS_SETTING, "7")
+    read_parquet("x.parquet")
+    assert seen == [str(FOOTER_ACTORS), "7"]
+
+
+def test_ray_reads_the_footer_reader_setting_where_a_read_is_planned(monkeypatch):
+    # Pins Ray 2.60: its Parquet file indexer takes the pool size from the environment when it is built, which
+    # ray.data.read_parquet does in the calling process.
+    from ray.data._internal.datasource_v2.formats.parquet.footer_file_indexer import FooterFileIndexer
+
+    monkeypatch.setenv(FOOTER_ACTORS_SETTING, "1")
+    assert FooterFileIndexer(ignore_missing_paths=False)._num_actors == 1

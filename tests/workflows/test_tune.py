@@ -81,6 +81,16 @@ def test_diverging_member_is_exploited_and_continues_from_the_donor(experiment):
 
 
 @pytest.mark.slow
+def test_a_run_with_an_exploit_leaves_no_failed_task(experiment):
+    from ray.util.state import list_tasks
+
+    # What the dashboard's job page counts: a replaced member's run is asked to stop, not killed, and Ray Data's
+    # footer readers are one a read (workflows/training/launch.py, data/streaming.py).
+    failed = list_tasks(filters=[("state", "=", "FAILED")], limit=10000, timeout=120, raise_on_missing_output=False)
+    assert failed == [], sorted({task.name for task in failed})
+
+
+@pytest.mark.slow
 def test_experiment_writes_metrics_bundle_and_report(experiment):
     results, metrics, pbt = experiment
     assert metrics["accuracy"] > 0.3

@@ -1,5 +1,6 @@
 """The main job as users run it: a Ray head node, `ray job submit -- python workflows/tune.py`, the dashboard."""
 
+import json
 import subprocess
 import sys
 import time
@@ -69,3 +70,12 @@ def test_ray_job_submit_runs_the_smoke_test(tmp_path, head_environment):
     assert "execution finished" not in output
     # Ray's own deprecation notice about an option we never set (workflows/training/launch.py's DataConfig).
     assert "exclude_resources" not in output
+    # A normal run shows no failed task on the dashboard's job page (Ray Data's footer readers once made 93).
+    listed = subprocess.run(
+        ["ray", "list", "tasks", "--address", head.dashboard, "--filter", "state=FAILED", "--format", "json",
+         "--limit", "10000"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    failed = json.loads(listed.stdout)
+    assert failed == [], sorted({task.get("name") for task in failed})

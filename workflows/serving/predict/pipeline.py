@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from data.format import LABEL, PATCH_ID, PIXELS, PatchFileInfo
 from data.storage import Location, locate
-from data.streaming import validate_block, with_file_rows
+from data.streaming import read_parquet, validate_block, with_file_rows
 from workflows.serving.bundle import PredictionMode
 from workflows.serving.predict.config import PredictConfig
 from workflows.serving.predict.output import is_folder_output
@@ -91,7 +91,7 @@ def write_predictions(
     read = locate(source, "--input")
     per_file = PART_ROWS if is_folder_output(config.output) else info.num_rows
     with data_context():
-        ds = ray.data.read_parquet(read.path, filesystem=read.filesystem, num_cpus=IO_TASK_CPUS)
+        ds = read_parquet(read.path, filesystem=read.filesystem, num_cpus=IO_TASK_CPUS)
         ds = ds.select_columns(columns).map_batches(
             validate_block,
             batch_format="pyarrow",
