@@ -19,6 +19,7 @@ import numpy as np
 from data.format import MIN_PATCH_SIZE, PIXEL_DTYPE, PatchDataset, PatchFormatError, PatchMetadata, PatchSplit
 from data.messages import brief_list, one_line, plain
 from data.splitting import DEFAULT_SPLIT_FRACTIONS, DEFAULT_SPLIT_SEED, carve, split_counts
+from data.storage import check_apart, locate
 from data.writing import check_dataset_replaceable, write_dataset
 
 X, Y, BAND_NAMES, CLASS_NAMES = "x", "y", "band_names", "class_names"
@@ -176,7 +177,9 @@ def import_npz_to_folder(
     Raises:
         NpzImportError: The file or its arrays are not importable.
         FileExistsError: ``folder`` exists and ``overwrite`` is false, or it is not a dataset folder.
+        StorageError: ``folder`` is the archive or holds it.
     """
+    check_apart(locate(folder), "OUTPUT_FOLDER", locate(path), "archive")
     check_dataset_replaceable(folder, overwrite=overwrite)  # before reading a possibly large archive
     dataset = import_npz(path, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     write_dataset(folder, dataset, overwrite=overwrite)

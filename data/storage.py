@@ -80,6 +80,12 @@ class Location:
         """The last part of the path."""
         return self.path.rstrip("/").rsplit("/", 1)[-1]
 
+    def within(self, folder: Location) -> bool:
+        """Whether this is ``folder`` or lies inside it, on the same kind of file system (local paths resolved)."""
+        if self.filesystem.type_name != folder.filesystem.type_name:
+            return False
+        return self.path == folder.path or self.path.startswith(f"{folder.path.rstrip('/')}/")
+
     def join(self, *names: str) -> Location:
         """The location ``names`` below this one."""
         tail = "/".join(names)
@@ -208,6 +214,28 @@ def locate(value: str | os.PathLike, flag: str | None = None) -> Location:
         raise StorageError(f"{_where(uri, flag)}: cannot be opened ({one_line(err)})") from None
     plain = uri.split("?", 1)[0]  # query options (endpoint, region) belong to the file system, not to the path
     return Location(filesystem, path.rstrip("/"), plain.rstrip("/"))
+
+
+def check_apart(output: Location, output_flag: str, source: Location, source_flag: str) -> None:
+    """Refuse, before any work, an output that is a source or lies inside it, and a source inside the output.
+
+    Local paths are compared resolved (symbolic links followed, as :func:`locate` gives them), so no spelling of a
+    path lets a run write into what it reads, or write over it.
+
+    Raises:
+        StorageError: One line naming both and what to do.
+    """
+    if output.within(source):
+        where = "is" if output.path == source.path else "lies inside"
+        raise StorageError(
+            f"{output_flag} {output}: {where} the {source_flag} {source}, which the run would change; choose another "
+            f"{output_flag}"
+        )
+    if source.within(output):
+        raise StorageError(
+            f"{output_flag} {output}: holds the {source_flag} {source}, which the run could write over; choose "
+            f"another {output_flag}"
+        )
 
 
 def check_reachable(location: Location, flag: str | None = None) -> None:

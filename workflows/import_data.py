@@ -21,6 +21,7 @@ from data.importer import (  # noqa: E402
 )
 from data.messages import one_line  # noqa: E402
 from data.splitting import DEFAULT_SPLIT_SEED  # noqa: E402
+from data.storage import StorageError  # noqa: E402
 
 EXIT_BAD_INPUT = 2
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             test_fraction=args.test_fraction,
             overwrite=args.overwrite,
         )
-    except (PatchFormatError, OSError) as err:
+    except (PatchFormatError, StorageError, OSError) as err:
         print(f"error: {one_line(err, limit=None)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"wrote {args.output}")

@@ -190,6 +190,54 @@ def test_results_naming_a_file_is_refused_before_ray(script, deeper, tmp_path, c
     assert (tmp_path / "taken").read_text() == "x"
 
 
+# --- 4. no output inside an input, and no input inside an output, also through links ------------------------------
+
+
+@pytest.mark.parametrize("script", [train, tune])
+def test_results_and_data_must_not_overlap(script, files, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dataset = files["dataset"]
+    before = snapshot(dataset)
+    (tmp_path / "data_link").symlink_to(dataset)
+    for results in (dataset, dataset / "run", tmp_path / "data_link" / "run"):
+        code = script.main(["--data", str(dataset), "--results", str(results), "--overwrite"])
+        assert_refused(code, capsys, "--results", f"the --data {dataset}", "choose another --results")
+    # The data inside the results folder: a run writes ray/, bundle/ ... there, and --overwrite replaces them.
+    code = script.main(["--data", str(dataset), "--results", str(dataset.parent), "--overwrite"])
+    assert_refused(code, capsys, f"--results {dataset.parent}: holds the --data {dataset}")
+    assert snapshot(dataset) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data_link"]
+
+
+def test_predict_refuses_an_output_folder_holding_its_input_or_the_bundle(files, tmp_path, capsys):
+    dataset, bundle = files["dataset"], files["bundle"]
+    before = snapshot(dataset, bundle)
+    code = predict_main(
+        "--model", bundle, "--input", dataset / "test.parquet", "--output", dataset.parent, "--overwrite"
+    )
+    assert_refused(code, capsys, "holds the --model bundle folder")
+    code = predict_main(
+        "--model", bundle, "--input", files["patches"], "--output", files["patches"].parent / "out" / ".."
+    )
+    assert_refused(code, capsys, "holds the --model bundle folder")
+    copy = tmp_path / "in" / "patches.parquet"
+    copy.parent.mkdir()
+    copy.write_bytes(files["patches"].read_bytes())
+    code = predict_main("--model", bundle, "--input", copy, "--output", tmp_path, "--overwrite")
+    assert_refused(code, capsys, f"--output {tmp_path}: holds the --input {copy}")
+    assert snapshot(dataset, bundle) == before and copy.read_bytes() == files["patches"].read_bytes()
+
+
+def test_import_refuses_an_output_folder_holding_the_archive(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    archive = tmp_path / "in.npz"
+    np.savez(archive, x=rng.normal(size=(40, 2, 3, 3)), y=np.arange(40) % 2)
+    for output in (tmp_path, archive):
+        code = import_data.main([str(archive), str(output), "--overwrite"])
+        assert_refused(code, capsys, str(archive))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz"]
+
+
 @pytest.mark.parametrize(
     ("script", "argv", "message"),
     [

@@ -199,7 +199,7 @@ def _keep_settings(config: ExperimentConfig, results: Location, staging: Path) -
 
 def _experiment(config: ExperimentConfig) -> tuple[ExperimentConfig, Location]:
     """The effective settings (the saved ones on resume, smoke-test sizes applied) and the results folder."""
-    results = results_location(config.results, "tune")  # before the data is read and Ray starts
+    results = results_location(config.results, "tune", config.data)  # before the data is read and Ray starts
     if config.resume:
         saved = results.join(EXPERIMENT_FILE)
         if not saved.is_file():

@@ -137,7 +137,7 @@ def train_run(job: TrainJob) -> TrainResult:
 
 def _results_location(job: TrainJob) -> Location:
     """The results folder, refused before the data is read and Ray starts if it cannot or may not be written."""
-    results = results_location(job.results, "train")
+    results = results_location(job.results, "train", job.data)
     if results.join(TEST_METRICS_FILE).exists() and not job.overwrite:
         raise FileExistsError(f"{results}: already holds {TEST_METRICS_FILE}; pass --overwrite or another --results")
     return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 
 from data.atomic import check_creatable
 from data.pipeline import AUGMENTATIONS, DEFAULT_AUGMENTATION
-from data.storage import Location, check_reachable, is_uri, locate
+from data.storage import Location, check_apart, check_reachable, is_uri, locate
 
 # The hyperparameters population-based training mutates, named once. After a checkpoint is loaded, the worker
 # re-applies these from its own config so that an exploited trial trains with its mutated values.
@@ -141,19 +142,23 @@ def ranking_score(metrics: Mapping[str, Any], metric: str, mode: str) -> float:
     return float(value) if mode == "max" else -float(value)
 
 
-def results_location(results: str | None, prefix: str) -> Location:
+def results_location(results: str | None, prefix: str, data: str | os.PathLike) -> Location:
     """The ``--results`` folder (default ``results/<prefix>-<time>``), refused before any work starts.
 
-    A local folder must be creatable; an object-store URI's bucket must exist and let us in.
+    A local folder must be creatable; an object-store URI's bucket must exist and let us in; the folder must neither
+    be nor lie inside the ``--data`` folder, nor hold it.
 
     Raises:
         OutputLocationError: A part of the local folder's path is a file, or it cannot be written.
-        StorageError: The object store's bucket does not exist or refuses access.
+        StorageError: The object store's bucket does not exist or refuses access, or the folder and ``--data``
+            overlap.
     """
     if is_uri(results):
         location = locate(results, "--results")
         check_reachable(location, "--results")
-        return location
-    folder = Path(results) if results else Path("results") / time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
-    check_creatable(folder.resolve(), "--results", folder=True)
-    return locate(folder)
+    else:
+        folder = Path(results) if results else Path("results") / time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+        check_creatable(folder.resolve(), "--results", folder=True)
+        location = locate(folder)
+    check_apart(location, "--results", locate(data, "--data"), "--data")
+    return location

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from data import DEFAULT_DATASET_DIR
 from workflows import train, tune
 from workflows.jobs.training_run import TrainJob
 from workflows.training.config import AUGMENTATIONS, TrainConfig, ranking_score, results_location
@@ -23,14 +24,14 @@ def test_a_results_bucket_that_does_not_exist_is_one_line_and_nothing_is_created
 
 def test_a_results_uri_in_an_existing_bucket_is_taken_as_typed(s3_server):
     bucket = s3_server.bucket("runs")
-    location = results_location(f"{bucket}/exp", "tune")
+    location = results_location(f"{bucket}/exp", "tune", DEFAULT_DATASET_DIR)
     assert location.uri == "s3://runs/exp" and not location.local
 
 
 def test_a_local_results_folder_is_resolved(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert results_location("out/run", "train").path == str(tmp_path / "out" / "run")
-    assert Path(results_location(None, "train").path).parent == tmp_path / "results"
+    assert results_location("out/run", "train", DEFAULT_DATASET_DIR).path == str(tmp_path / "out" / "run")
+    assert Path(results_location(None, "train", DEFAULT_DATASET_DIR).path).parent == tmp_path / "results"
 
 
 def test_augmentation_defaults_to_d4_and_survives_the_ray_boundary():

@@ -100,7 +100,7 @@ def check_output(output: Path | str, overwrite: bool) -> None:
 
 
 def check_not_a_source(output: Path | str, input_path: Path | str, bundle_dir: Path) -> None:
-    """Refuse an output that is the input, inside the input dataset folder, or inside the model bundle.
+    """Refuse an output that is the input, inside the input dataset folder or the model bundle, or holds either.
 
     Local paths are compared resolved (symbolic links followed) and, where both exist, with ``os.path.samefile``
     (hard links), so no spelling of the path lets the predictions replace what they are computed from. URIs are
@@ -111,14 +111,24 @@ def check_not_a_source(output: Path | str, input_path: Path | str, bundle_dir: P
     """
     target, source = locate(output, "--output"), locate(input_path, "--input")
     shown_output = _named(output, target)
-    if target.local and _inside(target, locate(bundle_dir)):
+    if target.local and target.within(locate(bundle_dir)):
         raise FileExistsError(
             f"--output {shown_output}: is inside the --model bundle folder {bundle_dir}; choose another --output"
         )
+    if locate(bundle_dir).within(target):
+        raise FileExistsError(
+            f"--output {shown_output}: holds the --model bundle folder {bundle_dir}, which the predictions could "
+            "write over; choose another --output"
+        )
     if target.filesystem.type_name != source.filesystem.type_name:
         return  # one local and one stored: never the same
+    if source.within(target) and source.path != target.path:
+        raise FileExistsError(
+            f"--output {shown_output}: holds the --input {_named(input_path, source)}, which the predictions could "
+            "write over; choose another --output"
+        )
     if source.is_dir():
-        if _inside(target, source):
+        if target.within(source):
             kind = "a folder" if is_folder_output(target) else "a Parquet file"
             raise FileExistsError(
                 f"--output {shown_output}: is {kind} inside the --input dataset folder {_named(input_path, source)}, "
@@ -134,11 +144,6 @@ def check_not_a_source(output: Path | str, input_path: Path | str, bundle_dir: P
                 f"--output {shown_output}: is the input file {_named(given, file)}; predictions must not replace the "
                 "patches, choose another --output"
             )
-
-
-def _inside(location: Location, folder: Location) -> bool:
-    """Whether ``location`` is ``folder`` or lies within it (local paths are resolved by :func:`locate`)."""
-    return location.path == folder.path or location.path.startswith(f"{folder.path.rstrip('/')}/")
 
 
 def _same_file(a: Location, b: Location) -> bool:

@@ -134,8 +134,10 @@ def test_stored_outputs_that_would_replace_the_input_or_other_files_are_refused(
     notes.write_bytes(b"mine")
     with pytest.raises(FileExistsError, match=r"^s3://predictions/other: is a folder holding notes.txt, not only"):
         predict_run(dataclasses.replace(config, output=f"{bucket}/other", overwrite=True))
-    with pytest.raises(ValueError, match=r"^--output s3://predictions: is a whole bucket"):
+    with pytest.raises(FileExistsError, match=r"^--output s3://predictions: holds the --input s3://predictions/in/"):
         predict_run(dataclasses.replace(config, output=bucket))
+    with pytest.raises(ValueError, match=r"^--output s3://predictions: is a whole bucket"):
+        predict_run(dataclasses.replace(config, input=files["labelled"], output=bucket))
     assert notes.read_bytes() == b"mine"
 
 
