@@ -66,7 +66,7 @@ def test_diverging_member_is_exploited_and_continues_from_the_donor(experiment):
     # ...and its accuracy, rather than starting from scratch (chance is 1/7).
     donor_row = next(row for row in good["history"] if row["epoch"] == exploit["donor_epoch"])
     assert after["val_acc"] > 0.3
-    assert abs(after["val_acc"] - donor_row["val_acc"]) < 0.2
+    assert after["val_acc"] > donor_row["val_acc"] - 0.2  # one more epoch may improve on the donor, not lose it
     # With the mutated settings, not the diverging ones.
     assert after[LR] != pytest.approx(DIVERGING_LR) and after[LR] < 0.1
     assert after[GRAD_CLIP] in CLIP_CHOICES
@@ -82,12 +82,16 @@ def test_diverging_member_is_exploited_and_continues_from_the_donor(experiment):
 
 @pytest.mark.slow
 def test_a_run_with_an_exploit_leaves_no_failed_task(experiment):
+    import ray
     from ray.util.state import list_tasks
 
     # What the dashboard's job page counts: a replaced member's run is asked to stop, not killed, and Ray Data's
     # footer readers are one a read (workflows/training/launch.py, data/streaming.py).
-    failed = list_tasks(filters=[("state", "=", "FAILED")], limit=10000, timeout=120, raise_on_missing_output=False)
-    assert failed == [], sorted({task.name for task in failed})
+    address = ray.get_runtime_context().gcs_address
+    tasks = list_tasks(address=address, limit=10000, timeout=120, raise_on_missing_output=False)
+    assert len(tasks) > 10, "the run's tasks were not listed"
+    failed = sorted({task.name for task in tasks if task.state == "FAILED"})
+    assert failed == [], failed
 
 
 @pytest.mark.slow
