@@ -249,6 +249,28 @@ def _normalised_block(
     return {PIXELS_COLUMN: normalise(pixels, stats), LABEL_COLUMN: labels}
 
 
+def fits_object_store(
+    files: DatasetFiles, splits: tuple[str, ...] = ("train", "val"), object_store_bytes: float | None = None
+) -> bool:
+    """Whether the splits' normalised pixels together fit :data:`MATERIALIZE_SHARE` of the object store.
+
+    Splits that do are read once and kept there; the others are read from Parquet on every pass, by Ray Data tasks
+    that need CPUs of their own while the workers train.
+
+    Args:
+        files: The dataset's files.
+        splits: Which splits.
+        object_store_bytes: The cluster's object-store memory (None: ask Ray, which must be connected).
+    """
+    if object_store_bytes is None:
+        import ray
+
+        object_store_bytes = ray.cluster_resources().get("object_store_memory", 0.0)
+    values = files.metadata.values_per_patch
+    needed = sum(files.num_rows(name) * values * np.dtype(np.float32).itemsize for name in splits)
+    return needed <= MATERIALIZE_SHARE * object_store_bytes
+
+
 def stream_ray_datasets(
     files: DatasetFiles,
     stats: BandStats,
@@ -269,15 +291,8 @@ def stream_ray_datasets(
         object_store_bytes: The cluster's object-store memory (None: ask Ray).
         blocks: Blocks of each materialised split, so that several workers each get several.
     """
-    import ray
-    import ray.data
-
     _prepare_context()
-    if object_store_bytes is None:
-        object_store_bytes = ray.cluster_resources().get("object_store_memory", 0.0)
-    values = files.metadata.values_per_patch
-    needed = sum(files.num_rows(name) * values * np.dtype(np.float32).itemsize for name in splits)
-    keep = needed <= MATERIALIZE_SHARE * object_store_bytes
+    keep = fits_object_store(files, splits, object_store_bytes)
     built = {}
     for name in splits:
         path = str(files.files[name])

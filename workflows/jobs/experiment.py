@@ -26,7 +26,8 @@ from ray import tune
 from data import DEFAULT_DATASET_DIR
 from data.atomic import write_json_atomic
 from data.storage import Location, as_user_path, joined, local_staging, path_or_uri, shown
-from workflows.jobs.inputs import JobInputs, build_inputs, open_inputs
+from data.streaming import DatasetFiles
+from workflows.jobs.inputs import JobInputs, build_inputs, check_room_to_read, open_inputs, read_cpus
 from workflows.jobs.settings import from_flat, to_flat
 from workflows.serving.baselines import format_test_summary, run_baselines
 from workflows.serving.bundle import BUNDLE_DIR, export_bundle
@@ -150,8 +151,8 @@ def tune_experiment(config: ExperimentConfig) -> ExperimentResult:
     config, results = _experiment(config)
     source = open_inputs(config.data)  # footers and ids, checked before Ray starts
     connect(config.address, config.num_cpus)
+    base, concurrent = _member_config(config, source)  # before the scan: a layout that cannot run is refused
     inputs = build_inputs(source)
-    base, concurrent = _member_config(config)
     training = config.training
     with local_staging(results, "tune-results-") as staging:
         staging.mkdir(parents=True, exist_ok=True)
@@ -293,12 +294,18 @@ def build_pbt_record(member_logs: dict[str, list[dict[str, Any]]], config: Exper
     }
 
 
-def _member_config(config: ExperimentConfig) -> tuple[TrainConfig, int]:
-    """The members' shared training settings, sized to the connected cluster, and how many members run at once."""
+def _member_config(config: ExperimentConfig, source: DatasetFiles) -> tuple[TrainConfig, int]:
+    """The members' shared training settings, sized to the connected cluster, and how many members run at once.
+
+    Members share the CPUs a streamed split's reads leave; a layout that leaves the reads none is refused.
+    """
     workers = config.training.num_workers
     if config.training.gpu and cluster_gpus() < workers:
         raise ValueError(f"--gpu needs {workers} GPUs per member; the cluster has {cluster_gpus():.0f}")
-    share, concurrent = size_members(cluster_cpus(), config.population, workers, config.cpus_per_worker)
+    cpus = cluster_cpus()
+    share, concurrent = size_members(cpus - read_cpus(source), config.population, workers, config.cpus_per_worker)
+    layout = f"{concurrent} member(s) at a time x --num-workers {workers} x --cpus-per-worker {share:g}"
+    check_room_to_read(source, concurrent * workers * share, cpus, layout)
     if config.training.gpu:  # members are sized by GPUs: each worker holds one for the whole experiment
         concurrent = max(1, min(config.population, int(cluster_gpus() // workers)))
     base = config.training.replace(

@@ -17,10 +17,22 @@ from typing import Any
 from data.format import PatchMetadata
 from data.pipeline import BandStats
 from data.storage import check_reachable, locate
-from data.streaming import DatasetFiles, open_dataset_files, split_batches, stream_ray_datasets, streamed_band_stats
+from data.streaming import (
+    MATERIALIZE_SHARE,
+    DatasetFiles,
+    fits_object_store,
+    open_dataset_files,
+    split_batches,
+    stream_ray_datasets,
+    streamed_band_stats,
+)
 from workflows.serving.baselines import BaselineData
 from workflows.serving.evaluate import LabelledBatches
 from workflows.training.ray_private import hide_user_code_error_notes
+
+# CPUs that a split read from Parquet on every pass needs beside the training workers: Ray Data's read tasks ask for
+# one each, and with every CPU held by workers none can start and the run waits for ever.
+READ_CPUS = 1.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,33 @@ def open_inputs(folder: str | os.PathLike) -> DatasetFiles:
     """
     check_reachable(locate(folder, "--data"), "--data")
     return open_dataset_files(folder)
+
+
+def read_cpus(source: DatasetFiles) -> float:
+    """CPUs the training and validation splits' reads need while the workers train: none once they are in memory."""
+    return 0.0 if fits_object_store(source) else READ_CPUS
+
+
+def check_room_to_read(source: DatasetFiles, reserved: float, cpus: float, layout: str) -> None:
+    """Refuse, before the data is scanned, workers that would hold the CPUs a streamed split's reads need.
+
+    Args:
+        source: The dataset's files (Ray connected).
+        reserved: CPUs the training workers hold while they train.
+        cpus: The cluster's CPUs.
+        layout: The settings that reserve them, as the message names them.
+
+    Raises:
+        ValueError: One line saying why the run could never start and what to change.
+    """
+    needed = read_cpus(source)
+    if not needed or reserved + needed <= cpus + 1e-9:
+        return
+    raise ValueError(
+        f"the training and validation splits do not fit {MATERIALIZE_SHARE:.0%} of Ray's object store, so Ray Data "
+        f"reads them from Parquet on every pass, with {needed:g} CPU beside the workers; {layout} hold {reserved:g} "
+        f"of the cluster's {cpus:g} CPUs: leave {needed:g} free (fewer workers or CPUs per worker, or a larger cluster)"
+    )
 
 
 def build_inputs(source: DatasetFiles) -> JobInputs:

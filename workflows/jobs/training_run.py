@@ -21,12 +21,12 @@ from typing import Any
 from data import DEFAULT_DATASET_DIR
 from data.atomic import write_json_atomic
 from data.storage import Location, as_user_path, joined, local_copy, local_staging, path_or_uri, shown
-from workflows.jobs.inputs import build_inputs, open_inputs
+from workflows.jobs.inputs import build_inputs, check_room_to_read, open_inputs
 from workflows.jobs.settings import from_flat, to_flat
 from workflows.serving.baselines import format_test_summary, run_baselines
 from workflows.serving.bundle import BUNDLE_DIR, export_bundle
 from workflows.serving.evaluate import TEST_METRICS_FILE, VARIANT_METRICS, evaluate_members
-from workflows.training.cluster import cluster_gpus, connect
+from workflows.training.cluster import cluster_cpus, cluster_gpus, connect
 from workflows.training.config import TrainConfig, results_location
 from workflows.training.config_file import CONFIG_FILE, write_config
 from workflows.training.launch import TrainingOutcome, run_training, unique_run_name
@@ -102,6 +102,8 @@ def train_run(job: TrainJob) -> TrainResult:
     connect(job.address, job.num_cpus)
     if cfg.gpu and cluster_gpus() < cfg.num_workers:
         raise ValueError(f"--gpu asks for {cfg.num_workers} GPUs, the cluster has {cluster_gpus():.0f}")
+    layout = f"--num-workers {cfg.num_workers} x --cpus-per-worker {cfg.cpus_per_worker:g}"
+    check_room_to_read(source, cfg.num_workers * cfg.cpus_per_worker, cluster_cpus(), layout)
     inputs = build_inputs(source)
     meta, rows = inputs.metadata, inputs.rows
     print(

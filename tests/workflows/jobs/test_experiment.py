@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from workflows.jobs.experiment import EXPERIMENT_FILE, INVOCATION_ONLY, ExperimentConfig, _experiment
+from data import DEFAULT_DATASET_DIR
+from data.streaming import open_dataset_files
+from workflows.jobs.experiment import EXPERIMENT_FILE, INVOCATION_ONLY, ExperimentConfig, _experiment, _member_config
 from workflows.training.config_file import NOT_IN_FILES
 from workflows.tune import build_parser
 
@@ -55,3 +57,16 @@ def test_resume_takes_the_saved_experiment_with_this_invocations_folder_and_clus
 def test_resume_without_a_saved_experiment_says_so(tmp_path):
     with pytest.raises(ValueError, match=f"nothing to resume \\(no {EXPERIMENT_FILE}\\)"):
         _experiment(ExperimentConfig(resume=True, results=str(tmp_path / "exp")))
+
+
+def test_members_leave_streamed_reads_a_cpu_or_are_refused(ray_cluster, monkeypatch):
+    monkeypatch.setattr("data.streaming.MATERIALIZE_SHARE", 0.0)  # the splits stream from Parquet on every pass
+    source = open_dataset_files(DEFAULT_DATASET_DIR)
+    base, concurrent = _member_config(ExperimentConfig(), source)
+    assert concurrent * base.num_workers * base.cpus_per_worker <= 2 - 1  # one CPU left for the reads
+    asked = ExperimentConfig.from_mapping({"cpus_per_worker": 2.0})
+    with pytest.raises(ValueError, match=r"hold 2 of the cluster's 2 CPUs: leave 1 free"):
+        _member_config(asked, source)
+    monkeypatch.setattr("data.streaming.MATERIALIZE_SHARE", 0.3)  # in memory: the members may take every CPU
+    base, concurrent = _member_config(ExperimentConfig(), source)
+    assert concurrent * base.cpus_per_worker > 1

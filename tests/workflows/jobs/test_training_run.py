@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflows.jobs.training_run import TrainJob, _results_location
+from workflows.jobs.training_run import TrainJob, _results_location, train_run
 from workflows.train import build_parser
 from workflows.training.config import TrainConfig
 from workflows.training.config_file import NOT_IN_FILES, dump_config
@@ -58,3 +58,18 @@ def test_print_config_reads_back_as_the_same_run(tmp_path):
     toml.write_text(dump_config(body, "toml"))
     set_values = {k: v for k, v in body.items() if v is not None}  # TOML has no null: unset keys are comments
     assert tomllib.loads(printed("--config", str(toml))) == set_values
+
+
+def test_workers_holding_the_cpus_streamed_reads_need_are_refused_before_the_scan(ray_cluster, tmp_path, monkeypatch):
+    # Splits too big for the object store are read from Parquet on every pass; with both CPUs held by the worker,
+    # no read task could start and the run would wait for ever.
+    monkeypatch.setattr("data.streaming.MATERIALIZE_SHARE", 0.0)
+    scanned = []
+    monkeypatch.setattr("workflows.jobs.training_run.build_inputs", scanned.append)
+    job = TrainJob.from_mapping({"results": str(tmp_path / "run"), "num_workers": 1, "cpus_per_worker": 2.0})
+    with pytest.raises(
+        ValueError, match=r"^the training and validation splits do not fit \d+% of Ray's object store"
+    ) as err:
+        train_run(job)
+    assert "--num-workers 1 x --cpus-per-worker 2 hold 2 of the cluster's 2 CPUs: leave 1 free" in str(err.value)
+    assert scanned == [] and not (tmp_path / "run").exists()
