@@ -332,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = ray_wall / plain["wall"]
     print()
     print(
-        f"PBT job: {job_args.population} members x {job_args.epochs} epochs, perturbation every {interval}, "
-        f"width {job_args.channels}"
+        f"PBT job: {job_args.population} members x {base.epochs} epochs, perturbation every {interval}, "
+        f"width {base.channels}"
     )
     print(f"{'':<44}{'Ray (tune.py)':>16}{'plain PyTorch':>16}")
     print(f"{'wall seconds':<44}{ray_wall:>16.1f}{plain['wall']:>16.1f}")
